@@ -1,0 +1,97 @@
+"""Pickle checkpoints that are written atomically and loaded safely.
+
+Saving: arrays are stored as (dtype, shape, bytes), so the pickle holds only plain Python values
+(dict, list, tuple, str, bytes, int, float, bool, None). It is written to a temporary file, flushed
+to disk, then renamed over the old one: a crash mid-save leaves the previous checkpoint whole.
+
+Loading: pickle can run code named inside the file. Our unpickler refuses every global name, so only
+plain values load; a file that tries to call anything (os.system, ...) is rejected before it runs.
+"""
+import io
+import os
+import pickle
+import tempfile
+
+import numpy as np
+
+FORMAT = "pong_pg checkpoint"
+VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message is one line for the user."""
+
+
+def _encode(value):
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": value.dtype.str, "shape": value.shape, "data": value.tobytes()}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _decode(value):
+    if isinstance(value, dict) and "__ndarray__" in value:
+        array = np.frombuffer(value["data"], dtype=np.dtype(value["__ndarray__"]))
+        return array.reshape(value["shape"]).copy()
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    return value
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a checkpoint never contains")
+
+
+def save(path, state):
+    """Write state (a dict of arrays, numbers, strings) to path atomically."""
+    payload = pickle.dumps({"format": FORMAT, "version": VERSION, "state": _encode(state)},
+                           protocol=pickle.HIGHEST_PROTOCOL)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)                        # atomic: readers see the old file or the new one
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)         # make the rename itself durable
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load(path):
+    """Read a checkpoint written by save(); any problem raises CheckpointError with a one-line reason."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    if not data:
+        raise CheckpointError(f"checkpoint {path} is empty")
+    try:
+        content = _PlainUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"refusing to load {path}: {e}") from None
+    except Exception:                                 # truncated or not a pickle at all
+        raise CheckpointError(f"checkpoint {path} is damaged or not a pong_pg checkpoint") from None
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a pong_pg checkpoint")
+    if content.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {content.get('version')!r}; "
+                              f"this pong_pg reads version {VERSION}")
+    try:
+        return _decode(content["state"])
+    except Exception:
+        raise CheckpointError(f"checkpoint {path} is damaged: its arrays do not decode") from None

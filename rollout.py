@@ -1,0 +1,160 @@
+"""Playing episodes: one episode in one env, and a pool of worker processes that play them on every core.
+
+An episode is kept compact: for each step the sparse difference frame (pixel indices int16 and
+values int8, in CSR form), whether the action was UP, and the reward. About 100 bytes a step,
+instead of the 51 KB of a dense float64 frame.
+"""
+import multiprocessing
+import signal
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+
+import numpy as np
+
+from policy import forward_sparse
+from preprocess import preprocess, sparse_difference
+
+ENV_ID = "ALE/Pong-v5"
+UP, DOWN = 2, 3               # Pong's minimal action set: RIGHT moves the paddle up, LEFT down
+
+
+def make_env(render_mode=None):
+    import ale_py
+    import gymnasium
+    gymnasium.register_envs(ale_py)
+    return gymnasium.make(ENV_ID, render_mode=render_mode)
+
+
+def env_seed(*keys):
+    """A 32-bit env seed derived from (seed, worker, ...): independent streams per worker."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+@dataclass
+class Episode:
+    indptr: np.ndarray        # (T+1,) int32: step t's pixels are idx[indptr[t]:indptr[t+1]]
+    idx: np.ndarray           # (nnz,) int16 flat pixel indices of the difference frames
+    vals: np.ndarray          # (nnz,) int8 their values, +1 or -1
+    up: np.ndarray            # (T,) uint8: 1 if the action was UP
+    rewards: np.ndarray       # (T,) int8: +1 / -1 when a point ends, else 0
+    task: int = -1            # which task of the run this was (it seeds the action sampling)
+
+    @property
+    def steps(self):
+        return len(self.up)
+
+    @property
+    def score(self):
+        return int(self.rewards.sum())
+
+    @property
+    def frames(self):
+        return self.indptr, self.idx, self.vals
+
+
+def play_episode(env, W1T, W2, rng, greedy=False, on_step=None):
+    """Play one episode with the policy (W1T = W1.T contiguous, W2); return it as an Episode.
+
+    Actions are sampled from P(UP) unless greedy (UP when P(UP) > 0.5). on_step(frame) is called
+    with every raw frame, for rendering or recording."""
+    obs, _ = env.reset()
+    previous = None
+    idx_parts, val_parts, ups, rewards = [], [], [], []
+    while True:
+        if on_step is not None:
+            on_step(obs)
+        current = preprocess(obs)
+        idx, vals = sparse_difference(current, previous)
+        previous = current
+        p_up = forward_sparse(W1T, W2, idx, vals)
+        up = p_up > 0.5 if greedy else rng.random() < p_up     # sample the action
+        obs, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
+        idx_parts.append(idx); val_parts.append(vals); ups.append(up); rewards.append(reward)
+        if terminated or truncated:
+            break
+    counts = [len(i) for i in idx_parts]
+    return Episode(indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int32),
+                   idx=np.concatenate(idx_parts), vals=np.concatenate(val_parts),
+                   up=np.array(ups, np.uint8), rewards=np.array(rewards, np.int8))
+
+
+def task_rng(seed, task):
+    """The random numbers of one task (episode) depend only on the run's seed and the task's number."""
+    return np.random.default_rng([seed, task])
+
+
+def _worker(conn, seed, worker_id, first_task):
+    """Worker process: receive (task, weights or None), play that episode, send the Episode back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # the learner decides how to stop on Ctrl-C
+    env = make_env()
+    env.reset(seed=env_seed(seed, worker_id, first_task))
+    W1T = W2 = None
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        task, weights = message
+        if weights is not None:                      # new weights: keep W1 transposed for the forward pass
+            W1T, W2 = np.ascontiguousarray(weights["W1"].T), weights["W2"]
+        episode = play_episode(env, W1T, W2, task_rng(seed, task))
+        episode.task = task
+        conn.send(episode)
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class WorkerPool:
+    """N worker processes, each playing one episode at a time with the weights the learner sends."""
+
+    def __init__(self, n_workers, seed, first_task):
+        ctx = multiprocessing.get_context("spawn")
+        self.conns, self.procs = [], []
+        for worker_id in range(n_workers):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(theirs, seed, worker_id, first_task), daemon=True)
+            proc.start()
+            theirs.close()
+            self.conns.append(ours)
+            self.procs.append(proc)
+        self.busy = set()
+
+    def __len__(self):
+        return len(self.conns)
+
+    def assign(self, worker, task, weights=None):
+        """Worker plays task next; weights=None keeps the weights it has."""
+        self.conns[worker].send((task, weights))
+        self.busy.add(worker)
+
+    def next_result(self, timeout):
+        """(worker, Episode) for an episode that finished, or None after timeout seconds."""
+        ready = wait([self.conns[w] for w in self.busy] + [self.procs[w].sentinel for w in self.busy],
+                     timeout)
+        for worker in sorted(self.busy):
+            if self.conns[worker] in ready:
+                try:
+                    episode = self.conns[worker].recv()
+                except (EOFError, OSError):
+                    break
+                self.busy.discard(worker)
+                return worker, episode
+        for worker in self.busy:
+            if not self.procs[worker].is_alive():
+                raise WorkerError(f"worker {worker} died (exit code {self.procs[worker].exitcode}) "
+                                  "while playing an episode")
+        return None
+
+    def close(self):
+        """Stop every worker; an episode still being played is dropped (it was never counted)."""
+        for conn, proc in zip(self.conns, self.procs):
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for conn in self.conns:
+            conn.close()
