@@ -10,6 +10,8 @@ Two versions of the same math live here:
 - the sparse one the trainer uses: a difference frame has a few dozen nonzero pixels, so W1 @ x
   and the W1 gradient touch only those columns of W1.
 """
+import math
+
 import numpy as np
 
 from preprocess import D
@@ -66,24 +68,21 @@ def backward_dense(model, hs, xs, dlogits):
 def forward_sparse(W1T, W2, idx, vals):
     """P(UP) for one sparse difference frame. W1T = W1.T as a contiguous (6400, H) array,
     so the columns of W1 that the nonzero pixels select are contiguous rows here."""
-    h = vals @ W1T[idx]                           # = W1 @ x, touching only nonzero pixels
+    h = vals @ W1T.take(idx, axis=0)              # = W1 @ x, touching only nonzero pixels
     np.maximum(h, 0, out=h)                       # ReLU
-    return 1.0 / (1.0 + np.exp(-float(h @ W2)))
+    return 1.0 / (1.0 + math.exp(-float(h @ W2)))
 
 
-def sparse_backward(W1, W2, indptr, idx, vals, up, weights):
-    """Gradients of  sum_t weights[t, k] * log pi(a_t | x_t)  for each column k of weights (T, K).
+def accumulate_sparse_gradients(W1T, W2, indptr, idx, vals, up, weights, dW1T, dW2):
+    """Add the gradients of  sum_t weights[t, k] * log pi(a_t | x_t)  for each column k of weights (T, K)
+    into dW1T (6400, K*H; column k*H + i is hidden unit i for weighting k) and dW2 (K, H).
 
-    The frames are sparse in CSR form: step t's pixels are idx[indptr[t]:indptr[t+1]] with values
-    vals[...]. up[t] is 1 if the action was UP. Returns dW1 (K, H, 6400) and dW2 (K, H), float64.
-    Same numbers as backward_dense with dlogits = weights[:, k] * (up - p), up to rounding.
+    W1T = W1.T as a contiguous (6400, H) array. The frames are sparse in CSR form: step t's pixels are
+    idx[indptr[t]:indptr[t+1]] with values vals[...]; up[t] is 1 if the action was UP.
 
     Slices of CHUNK_STEPS steps touch a few hundred distinct pixels: we gather those columns of W1
     into a small dense problem, so the work is a few small matrix products per slice."""
-    W1T = np.ascontiguousarray(W1.T)              # (6400, H): a pixel's weights are one row
-    H, K, dtype = W1.shape[0], weights.shape[1], W1.dtype
-    dW1T = np.zeros((D, K * H))
-    dW2 = np.zeros((K, H))
+    H, K, dtype = W1T.shape[1], weights.shape[1], W1T.dtype
     for a in range(0, len(up), CHUNK_STEPS):
         b = min(a + CHUNK_STEPS, len(up))
         ea, eb = indptr[a], indptr[b]
@@ -97,8 +96,15 @@ def sparse_backward(W1, W2, indptr, idx, vals, up, weights):
         dW2 += dlogit.T @ h                                          # dW2_k = sum_t dlogit_tk h_t
         dh = (dlogit[:, :, None] * W2) * (h > 0)[:, None, :]         # back through W2 and the ReLU
         dW1T[pixels] += X.T @ dh.reshape(b - a, K * H)               # dW1_k = sum_t dh_tk x_t^T
-    dW1 = dW1T.reshape(D, K, H).transpose(1, 2, 0)
-    return dW1, dW2
+
+
+def sparse_backward(W1, W2, indptr, idx, vals, up, weights):
+    """The same gradients as new arrays: dW1 (K, H, 6400) and dW2 (K, H), float64. They equal
+    backward_dense with dlogits = weights[:, k] * (up - p), up to rounding."""
+    H, K = W1.shape[0], weights.shape[1]
+    dW1T, dW2 = np.zeros((D, K * H)), np.zeros((K, H))
+    accumulate_sparse_gradients(np.ascontiguousarray(W1.T), W2, indptr, idx, vals, up, weights, dW1T, dW2)
+    return dW1T.reshape(D, K, H).transpose(1, 2, 0), dW2
 
 
 # ---------------------------------------------------------------- batch gradient and RMSProp
@@ -109,28 +115,31 @@ class BatchGradient:
 
     With A_t = (R_t - mean) / std over the batch and g_t = grad log pi(a_t | x_t):
         sum_t A_t g_t = (sum_t R_t g_t - mean * sum_t g_t) / std
-    so each episode adds sum R g, sum g, sum R, sum R^2 and its step count when it arrives."""
+    so each episode adds sum R g, sum g, sum R, sum R^2 and its step count when it arrives.
+    The W1 sums are kept transposed, side by side: sums_W1T[:, :H] = (sum R g).T, [:, H:] = (sum g).T."""
 
     def __init__(self, hidden):
-        self.sum_Rg = {"W1": np.zeros((hidden, D)), "W2": np.zeros(hidden)}
-        self.sum_g = {"W1": np.zeros((hidden, D)), "W2": np.zeros(hidden)}
+        self.sums_W1T = np.zeros((D, 2 * hidden))
+        self.sums_W2 = np.zeros((2, hidden))
         self.sum_R = self.sum_R2 = 0.0
         self.steps = self.episodes = 0
 
-    def add_episode(self, model, frames, up, rewards, gamma):
-        """frames = (indptr, idx, vals); model = the weights the episode was played with."""
+    def add_episode(self, weights, frames, up, rewards, gamma):
+        """weights = {"W1T", "W2"}: the weights the episode was played with; frames = (indptr, idx, vals)."""
         R = discount_rewards(rewards, gamma)
-        dW1, dW2 = sparse_backward(model["W1"], model["W2"], *frames, up,
-                                   np.stack([R, np.ones_like(R)], axis=1))
-        self.sum_Rg["W1"] += dW1[0]; self.sum_Rg["W2"] += dW2[0]
-        self.sum_g["W1"] += dW1[1]; self.sum_g["W2"] += dW2[1]
+        accumulate_sparse_gradients(weights["W1T"], weights["W2"], *frames, up,
+                                    np.stack([R, np.ones_like(R)], axis=1), self.sums_W1T, self.sums_W2)
         self.sum_R += R.sum(); self.sum_R2 += (R * R).sum()
         self.steps += len(R); self.episodes += 1
 
     def gradient(self):
         mean = self.sum_R / self.steps
         std = max(np.sqrt(max(self.sum_R2 / self.steps - mean * mean, 0.0)), 1e-8)
-        return {k: (self.sum_Rg[k] - mean * self.sum_g[k]) / std for k in self.sum_Rg}
+        H = self.sums_W2.shape[1]
+        W1T = self.sums_W1T[:, :H] - mean * self.sums_W1T[:, H:]
+        W1T /= std
+        return {"W1": W1T.T,
+                "W2": (self.sums_W2[0] - mean * self.sums_W2[1]) / std}
 
     def state(self):
         return dict(vars(self))
@@ -145,6 +154,11 @@ class BatchGradient:
 def rmsprop_step(model, cache, grad, lr, decay, eps):
     """Gradient ascent with RMSProp: cache = decay*cache + (1-decay)*g^2; W += lr*g/(sqrt(cache)+eps)."""
     for k in model:
-        g = grad[k].astype(np.float32)
-        cache[k] = decay * cache[k] + (1 - decay) * g * g
-        model[k] += lr * g / (np.sqrt(cache[k]) + eps)
+        g = grad[k].astype(model[k].dtype)
+        cache[k] *= decay
+        cache[k] += (1 - decay) * g * g
+        step = np.sqrt(cache[k])
+        step += eps
+        np.divide(g, step, out=step)
+        step *= lr
+        model[k] += step

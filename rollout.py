@@ -12,7 +12,7 @@ from multiprocessing.connection import wait
 import numpy as np
 
 from policy import forward_sparse
-from preprocess import preprocess, sparse_difference
+from preprocess import difference_values, preprocess, sparse_difference
 
 ENV_ID = "ALE/Pong-v5"
 UP, DOWN = 2, 3               # Pong's minimal action set: RIGHT moves the paddle up, LEFT down
@@ -52,29 +52,31 @@ class Episode:
         return self.indptr, self.idx, self.vals
 
 
-def play_episode(env, W1T, W2, rng, greedy=False, on_step=None):
-    """Play one episode with the policy (W1T = W1.T contiguous, W2); return it as an Episode.
+def play_episode(env, weights, rng, greedy=False, on_step=None):
+    """Play one episode with the policy weights {"W1T": W1.T contiguous, "W2"}; return it as an Episode.
 
     Actions are sampled from P(UP) unless greedy (UP when P(UP) > 0.5). on_step(frame) is called
     with every raw frame, for rendering or recording."""
     obs, _ = env.reset()
     previous = None
-    idx_parts, val_parts, ups, rewards = [], [], [], []
+    idx_parts, on_parts, ups, rewards = [], [], [], []
     while True:
         if on_step is not None:
             on_step(obs)
         current = preprocess(obs)
-        idx, vals = sparse_difference(current, previous)
+        idx, turned_on = sparse_difference(current, previous)
         previous = current
-        p_up = forward_sparse(W1T, W2, idx, vals)
+        p_up = forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(turned_on))
         up = p_up > 0.5 if greedy else rng.random() < p_up     # sample the action
         obs, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
-        idx_parts.append(idx); val_parts.append(vals); ups.append(up); rewards.append(reward)
+        idx_parts.append(idx.astype(np.int16)); on_parts.append(turned_on)
+        ups.append(up); rewards.append(reward)
         if terminated or truncated:
             break
     counts = [len(i) for i in idx_parts]
     return Episode(indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int32),
-                   idx=np.concatenate(idx_parts), vals=np.concatenate(val_parts),
+                   idx=np.concatenate(idx_parts),
+                   vals=np.concatenate(on_parts).view(np.int8) * np.int8(2) - np.int8(1),  # +1 / -1
                    up=np.array(ups, np.uint8), rewards=np.array(rewards, np.int8))
 
 
@@ -88,15 +90,14 @@ def _worker(conn, seed, worker_id, first_task):
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the learner decides how to stop on Ctrl-C
     env = make_env()
     env.reset(seed=env_seed(seed, worker_id, first_task))
-    W1T = W2 = None
+    weights = None
     while True:
         message = conn.recv()
         if message is None:
             return
-        task, weights = message
-        if weights is not None:                      # new weights: keep W1 transposed for the forward pass
-            W1T, W2 = np.ascontiguousarray(weights["W1"].T), weights["W2"]
-        episode = play_episode(env, W1T, W2, task_rng(seed, task))
+        task, new_weights = message
+        weights = new_weights if new_weights is not None else weights
+        episode = play_episode(env, weights, task_rng(seed, task))
         episode.task = task
         conn.send(episode)
 

@@ -1,0 +1,208 @@
+"""Training throughput, measured in one run on this machine: agent steps per second and peak memory of
+
+  (a) the bare emulator: N processes stepping ALE/Pong-v5 with random UP/DOWN actions (the ceiling),
+  (b) a reference-equivalent trainer: the 2016 pong.py approach (one process, float64, dense W1 @ x
+      on every frame, each episode kept as dense float64 arrays, dense backward pass),
+  (c) this project's trainer: `python pong_pg.py --workers N`.
+
+    python bench/throughput.py [--workers N] [--seconds S]
+
+Prints a table with the ratios c/a and c/b. Machines are noisy: compare the ratios, not the times.
+"""
+import argparse
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+from rollout import DOWN, UP, make_env  # noqa: E402
+
+
+# ---------------------------------------------------------------- memory of a process tree
+
+def _tree_rss_bytes(root_pid):
+    """Resident memory of root_pid and all its descendants, from /proc."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) * 1024
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def run_measuring_memory(cmd, **kwargs):
+    """Run cmd to completion; return (stdout, peak RSS of its whole process tree in bytes)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    peak = [0]
+
+    def sample():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _tree_rss_bytes(proc.pid))
+            time.sleep(0.1)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    out = proc.communicate()[0]
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out}")
+    return out, peak[0]
+
+
+# ---------------------------------------------------------------- (a) the bare emulator
+
+def _random_player(seconds, seed, result):
+    env = make_env()
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        _, _, terminated, truncated, _ = env.step(UP if rng.random() < 0.5 else DOWN)
+        steps += 1
+        if terminated or truncated:
+            env.reset()
+    result.put(steps / (time.perf_counter() - start))
+
+
+def bare_emulator(workers, seconds):
+    ctx = multiprocessing.get_context("spawn")
+    result = ctx.Queue()
+    procs = [ctx.Process(target=_random_player, args=(seconds, i, result)) for i in range(workers)]
+    for p in procs:
+        p.start()
+    rates = [result.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(rates)
+
+
+# ---------------------------------------------------------------- (b) the reference-equivalent trainer
+
+def prepro_2016(I):
+    """The 2016 script's preprocessing: 210x160x3 uint8 frame -> 6400 float vector."""
+    I = I[35:195]
+    I = I[::2, ::2, 0]
+    I[I == 144] = 0
+    I[I == 109] = 0
+    I[I != 0] = 1
+    return I.astype(float).ravel()
+
+
+def reference_trainer(seconds):
+    """The 2016 pong.py loop on today's gymnasium; returns steps/s. Run in its own process."""
+    from policy import backward_dense, discount_rewards, forward_dense
+    from preprocess import D
+    rng = np.random.default_rng(0)
+    H, batch_size, lr, gamma, decay = 200, 10, 1e-3, 0.99, 0.99
+    model = {"W1": rng.standard_normal((H, D)) / np.sqrt(D), "W2": rng.standard_normal(H) / np.sqrt(H)}
+    grad_buffer = {k: np.zeros_like(v) for k, v in model.items()}
+    cache = {k: np.zeros_like(v) for k, v in model.items()}
+    env = make_env()
+    obs, _ = env.reset(seed=0)
+    prev, xs, hs, dlogps, rewards = None, [], [], [], []
+    steps, episodes, start = 0, 0, time.perf_counter()
+    while True:
+        cur = prepro_2016(obs)
+        x = cur - prev if prev is not None else np.zeros(D)
+        prev = cur
+        p, h = forward_dense(model, x)
+        up = rng.random() < p
+        xs.append(x); hs.append(h); dlogps.append(float(up) - p)
+        obs, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
+        rewards.append(reward)
+        steps += 1
+        if terminated or truncated:
+            episodes += 1
+            epx, eph = np.vstack(xs), np.vstack(hs)
+            R = discount_rewards(np.array(rewards), gamma)
+            R = (R - R.mean()) / R.std()              # 2016: standardized per episode
+            grad = backward_dense(model, eph, epx, np.array(dlogps) * R)
+            for k in model:
+                grad_buffer[k] += grad[k]
+            if episodes % batch_size == 0:
+                for k in model:
+                    cache[k] = decay * cache[k] + (1 - decay) * grad_buffer[k] ** 2
+                    model[k] += lr * grad_buffer[k] / (np.sqrt(cache[k]) + 1e-5)
+                    grad_buffer[k][:] = 0
+            xs, hs, dlogps, rewards, prev = [], [], [], [], None
+            obs, _ = env.reset()
+            if time.perf_counter() - start > seconds:
+                return steps / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- (c) this trainer
+
+def this_trainer(workers, seconds):
+    """Train for about `seconds` after start-up, stop with Ctrl-C (SIGINT) as a user would."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log = os.path.join(tmp, "log.csv")
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "pong_pg.py"), "--quiet",
+                                 "--workers", str(workers), "--checkpoint-dir", tmp],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        peak = 0
+        first_episode_at = None
+        while first_episode_at is None or time.time() - first_episode_at < seconds:
+            peak = max(peak, _tree_rss_bytes(proc.pid))
+            if first_episode_at is None and os.path.exists(log) and os.path.getsize(log) > 80:
+                first_episode_at = time.time()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        if proc.wait(timeout=60) != 128 + signal.SIGINT:
+            raise RuntimeError(f"pong_pg.py exited with {proc.returncode}")
+        rows = np.loadtxt(log, delimiter=",", skiprows=1, ndmin=2)
+    # steps between the first and the last finished episode, over the time between them
+    total_steps, wall = rows[:, 4], rows[:, 6]
+    return (total_steps[-1] - total_steps[0]) / (wall[-1] - wall[0]), peak
+
+
+def main():
+    cores = len(os.sched_getaffinity(0))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, default=cores, help="processes (default: the cores, %(default)s)")
+    ap.add_argument("--seconds", type=float, default=20, help="length of each measurement (default: %(default)s)")
+    args = ap.parse_args()
+
+    print(f"measuring on {cores} cores with {args.workers} worker(s) ...", flush=True)
+    a = bare_emulator(args.workers, args.seconds)
+    print(f"(a) bare emulator: {a:,.0f} steps/s", flush=True)
+    out, b_peak = run_measuring_memory([sys.executable, __file__, "--reference-only", str(args.seconds)])
+    b = float(out.strip().splitlines()[-1])
+    print(f"(b) reference-equivalent: {b:,.0f} steps/s", flush=True)
+    c, c_peak = this_trainer(args.workers, args.seconds)
+    print(f"(c) pong_pg: {c:,.0f} steps/s\n", flush=True)
+
+    mb = 1024 * 1024
+    print(f"| setup ({args.workers} worker(s), {cores} cores) | steps/s | peak RSS |")
+    print("|---|---:|---:|")
+    print(f"| (a) bare emulator, random UP/DOWN, {args.workers} process(es) | {a:,.0f} | |")
+    print(f"| (b) reference-equivalent (1 process, float64, dense) | {b:,.0f} | {b_peak / mb:,.0f} MB |")
+    print(f"| (c) pong_pg.py --workers {args.workers} | {c:,.0f} | {c_peak / mb:,.0f} MB |")
+    print(f"\nc/a = {c / a:.2f} of the emulator ceiling; c/b = {c / b:.1f}x the reference-equivalent")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--reference-only":
+        print(reference_trainer(float(sys.argv[2])))
+    else:
+        main()

@@ -1,0 +1,161 @@
+import numpy as np
+import pytest
+
+from policy import (BatchGradient, backward_dense, discount_rewards, forward_dense, forward_sparse,
+                    init_model, rmsprop_step, sigmoid, sparse_backward, standardize)
+from preprocess import D
+
+
+def model64(hidden=200, seed=0):
+    return {k: v.astype(np.float64) for k, v in init_model(hidden, np.random.default_rng(seed)).items()}
+
+
+def log_prob_objective(model, X, up, advantages):
+    """J(W) = sum_t A_t log pi(a_t | x_t), computed directly from the forward pass."""
+    p = sigmoid(np.maximum(X @ model["W1"].T, 0) @ model["W2"])
+    return np.sum(advantages * np.where(up == 1, np.log(p), np.log(1 - p)))
+
+
+@pytest.fixture(scope="module")
+def episode(real_steps):
+    frames, X = real_steps
+    T = len(X)
+    rng = np.random.default_rng(1)
+    up = (rng.random(T) < 0.5).astype(np.uint8)
+    rewards = np.zeros(T)
+    rewards[[90, 180, 300]] = [-1, 1, -1]
+    return frames, X, up, rewards
+
+
+def test_discount_rewards_by_hand():
+    np.testing.assert_allclose(discount_rewards(np.array([0, 0, 1.0]), 0.5), [0.25, 0.5, 1])
+    # the running sum restarts at every point: the -1 is not discounted into the steps before the +1
+    np.testing.assert_allclose(discount_rewards(np.array([0, 1.0, 0, -1.0]), 0.9), [0.9, 1, -0.9, -1])
+    np.testing.assert_allclose(discount_rewards(np.array([0, 0.0]), 0.99), [0, 0])   # no point yet: 0
+    np.testing.assert_allclose(discount_rewards(np.array([1.0, 1.0]), 1.0), [1, 1])
+
+
+def test_standardize():
+    z = standardize(np.array([1.0, 2.0, 3.0, 6.0]))
+    assert abs(z.mean()) < 1e-12 and abs(z.std() - 1) < 1e-12
+    np.testing.assert_allclose(z, (np.array([1, 2, 3, 6]) - 3) / np.std([1, 2, 3, 6]))
+
+
+def test_dense_backward_matches_finite_differences(episode):
+    frames, X, up, rewards = episode
+    model = model64()
+    advantages = standardize(discount_rewards(rewards, 0.99))
+    hs = np.maximum(X @ model["W1"].T, 0)
+    p = sigmoid(hs @ model["W2"])
+    grad = backward_dense(model, hs, X, advantages * (up - p))
+    check_against_finite_differences(model, grad, X, up, advantages)
+
+
+def test_sparse_backward_matches_finite_differences(episode):
+    frames, X, up, rewards = episode
+    model = model64()
+    advantages = standardize(discount_rewards(rewards, 0.99))
+    dW1, dW2 = sparse_backward(model["W1"], model["W2"], *frames, up, advantages[:, None])
+    check_against_finite_differences(model, {"W1": dW1[0], "W2": dW2[0]}, X, up, advantages)
+
+
+def check_against_finite_differences(model, grad, X, up, advantages, h=1e-5):
+    rng = np.random.default_rng(2)
+    active_pixels = np.flatnonzero(np.abs(X).sum(0))
+    coords = [("W1", (rng.integers(200), rng.choice(active_pixels))) for _ in range(25)]
+    coords += [("W2", (rng.integers(200),)) for _ in range(10)]
+    checked = 0
+    for name, where in coords:
+        old = model[name][where]
+        model[name][where] = old + h
+        plus = log_prob_objective(model, X, up, advantages)
+        model[name][where] = old - h
+        minus = log_prob_objective(model, X, up, advantages)
+        model[name][where] = old
+        numeric = (plus - minus) / (2 * h)
+        analytic = grad[name][where]
+        # relative error, with an absolute floor for the rounding of J (a sum over hundreds of steps)
+        assert abs(analytic - numeric) <= 1e-5 * max(abs(analytic), abs(numeric)) + 1e-8, \
+            (name, where, analytic, numeric)
+        checked += abs(numeric) > 1e-5    # count the checks where the gradient is far from 0
+    assert checked >= 15
+    # coordinates of pixels that never change have exactly zero gradient
+    quiet = np.setdiff1d(np.arange(D), active_pixels)
+    assert not grad["W1"][:, quiet].any()
+
+
+def test_sparse_forward_equals_dense_forward(real_steps):
+    (indptr, idx, vals), X = real_steps
+    model = init_model(200, np.random.default_rng(3))
+    W1T = np.ascontiguousarray(model["W1"].T)
+    for t in range(len(X)):
+        sl = slice(indptr[t], indptr[t + 1])
+        p_sparse = forward_sparse(W1T, model["W2"], idx[sl].astype(np.intp), vals[sl].astype(np.float32))
+        p_dense, _ = forward_dense({k: v.astype(np.float64) for k, v in model.items()}, X[t])
+        assert abs(p_sparse - p_dense) < 1e-6
+
+
+def test_sparse_backward_equals_dense_backward_float32(episode):
+    """The trainer's float32 sparse path against the float64 dense reference, several weightings at once."""
+    frames, X, up, rewards = episode
+    model = init_model(200, np.random.default_rng(4))
+    m64 = {k: v.astype(np.float64) for k, v in model.items()}
+    R = discount_rewards(rewards, 0.99)
+    weights = np.stack([R, np.ones_like(R)], axis=1)
+    dW1, dW2 = sparse_backward(model["W1"], model["W2"], *frames, up, weights)
+    hs = np.maximum(X @ m64["W1"].T, 0)
+    p = sigmoid(hs @ m64["W2"])
+    for k in range(2):
+        ref = backward_dense(m64, hs, X, weights[:, k] * (up - p))
+        np.testing.assert_allclose(dW1[k], ref["W1"], atol=1e-5 * np.abs(ref["W1"]).max())
+        np.testing.assert_allclose(dW2[k], ref["W2"], atol=1e-5 * np.abs(ref["W2"]).max())
+
+
+def test_batch_gradient_equals_standardized_dense_reference(episode):
+    """BatchGradient (sums per episode, standardized at the end) = the dense computation with the
+    returns of all episodes of the batch standardized together."""
+    frames, X, up, rewards = episode
+    (indptr, idx, vals) = frames
+    model = init_model(200, np.random.default_rng(5))
+    m64 = {k: v.astype(np.float64) for k, v in model.items()}
+    weights = {"W1T": np.ascontiguousarray(model["W1"].T), "W2": model["W2"]}
+    cuts = [0, 120, 250, len(up)]                     # three "episodes" of different lengths
+    batch = BatchGradient(200)
+    Rs = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        sub = (indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]], vals[indptr[a]:indptr[b]])
+        r = rewards[a:b].copy()
+        r[-1] = r[-1] or 1.0                          # each episode ends on a point
+        batch.add_episode(weights, sub, up[a:b], r, 0.99)
+        Rs.append(discount_rewards(r, 0.99))
+    A = standardize(np.concatenate(Rs))
+    hs = np.maximum(X @ m64["W1"].T, 0)
+    p = sigmoid(hs @ m64["W2"])
+    ref = backward_dense(m64, hs, X, A * (up - p))
+    grad = batch.gradient()
+    assert batch.episodes == 3 and batch.steps == len(up)
+    np.testing.assert_allclose(grad["W1"], ref["W1"], atol=1e-5 * np.abs(ref["W1"]).max())
+    np.testing.assert_allclose(grad["W2"], ref["W2"], atol=1e-5 * np.abs(ref["W2"]).max())
+
+
+def test_rmsprop_step_matches_formula():
+    rng = np.random.default_rng(6)
+    model = {"W1": rng.standard_normal((3, 4)).astype(np.float32), "W2": rng.standard_normal(3).astype(np.float32)}
+    cache = {k: np.abs(rng.standard_normal(v.shape)).astype(np.float32) for k, v in model.items()}
+    grad = {k: rng.standard_normal(v.shape) for k, v in model.items()}
+    lr, decay, eps = 1e-2, 0.9, 1e-5
+    expected_cache = {k: decay * cache[k] + (1 - decay) * grad[k] ** 2 for k in model}
+    expected = {k: model[k] + lr * grad[k] / (np.sqrt(expected_cache[k]) + eps) for k in model}
+    rmsprop_step(model, cache, grad, lr, decay, eps)
+    for k in model:
+        np.testing.assert_allclose(cache[k], expected_cache[k], rtol=1e-5)
+        np.testing.assert_allclose(model[k], expected[k], rtol=1e-5)
+        assert model[k].dtype == np.float32
+
+
+def test_init_model_shapes_and_scale():
+    model = init_model(200, np.random.default_rng(0))
+    assert model["W1"].shape == (200, 6400) and model["W2"].shape == (200,)
+    assert model["W1"].dtype == np.float32
+    assert abs(model["W1"].std() - 1 / 80) < 1e-3        # Xavier: 1/sqrt(6400)
+    assert abs(model["W2"].std() - 1 / np.sqrt(200)) < 0.01
