@@ -41,9 +41,13 @@ def _decode(value):
     return value
 
 
+class _Forbidden(pickle.UnpicklingError):
+    pass
+
+
 class _PlainUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a checkpoint never contains")
+        raise _Forbidden(f"it refers to {module}.{name}, which a checkpoint never contains")
 
 
 def save(path, state):
@@ -82,7 +86,7 @@ def load(path):
         raise CheckpointError(f"checkpoint {path} is empty")
     try:
         content = _PlainUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError as e:
+    except _Forbidden as e:
         raise CheckpointError(f"refusing to load {path}: {e}") from None
     except Exception:                                 # truncated or not a pickle at all
         raise CheckpointError(f"checkpoint {path} is damaged or not a pong_pg checkpoint") from None

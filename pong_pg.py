@@ -248,6 +248,8 @@ def train(args, state, paths):
             if result is None:
                 continue
             worker, episode = result
+            state["episode"] += 1
+            state["total_steps"] += episode.steps
             version, played = played_with[worker]
             completes_batch = batch.episodes + 1 == hyper["batch_size"]
             if not completes_batch and wanted():
@@ -255,8 +257,6 @@ def train(args, state, paths):
             batch.add_episode(played, episode.frames, episode.up, episode.rewards, hyper["gamma"])
             batch_lag = max(batch_lag, state["updates"] - version)   # updates since its weights were sent
             score = episode.score
-            state["episode"] += 1
-            state["total_steps"] += episode.steps
             update_steps += episode.steps
             previous = state["running_mean"]
             state["running_mean"] = score if previous is None else (

@@ -1,0 +1,155 @@
+"""The trainer through its command line, on the real emulator, in temporary directories."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import checkpoint
+from conftest import ROOT
+
+PONG_PG = os.path.join(ROOT, "pong_pg.py")
+
+
+def run(*args, timeout=240):
+    return subprocess.run([sys.executable, PONG_PG, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def log_rows(directory):
+    with open(os.path.join(directory, "log.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def saved(directory):
+    return checkpoint.load(os.path.join(directory, "pong_pg.pkl"))
+
+
+def test_help():
+    result = run("--help")
+    assert result.returncode == 0
+    for flag in ("--resume", "--checkpoint-dir", "--episodes", "--seed", "--lr", "--batch-size", "--gamma",
+                 "--decay-rate", "--hidden", "--save-every", "--workers"):
+        assert flag in result.stdout
+
+
+def test_train_then_resume_continues_numbering_log_and_state(tmp_path):
+    first = run("--episodes", 3, "--batch-size", 2, "--workers", 2, "--checkpoint-dir", tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "episode 3: score" in first.stdout and "update 1:" in first.stdout
+    state = saved(tmp_path)
+    assert (state["episode"], state["updates"]) == (3, 1)
+    assert state["batch"]["episodes"] == 1                 # the 3rd episode waits in the next batch
+    rows = log_rows(tmp_path)
+    assert [int(r["episode"]) for r in rows] == [1, 2, 3]
+    assert all(-21 <= int(r["score"]) <= 21 for r in rows)
+
+    second = run("--resume", "--episodes", 2, "--checkpoint-dir", tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "from episode 4" in second.stdout and "episode 5: score" in second.stdout
+    after = saved(tmp_path)
+    assert (after["episode"], after["updates"]) == (5, 2)
+    assert after["hyper"]["batch_size"] == 2              # hyperparameters come from the checkpoint
+    rows = log_rows(tmp_path)
+    assert [int(r["episode"]) for r in rows] == [1, 2, 3, 4, 5]
+    steps = [int(r["steps"]) for r in rows]
+    assert [int(r["total_steps"]) for r in rows] == list(np.cumsum(steps))
+    assert after["total_steps"] == sum(steps)
+    assert not np.array_equal(after["model"]["W1"], state["model"]["W1"])   # it learned something
+
+
+def test_fresh_start_over_an_existing_run_is_refused_and_keeps_it(tmp_path):
+    assert run("--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path).returncode == 0
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    again = run("--episodes", 1, "--checkpoint-dir", tmp_path)
+    assert again.returncode == 2
+    assert "already exists" in again.stderr and "--resume" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "missing", "wrong shape"])
+def test_resume_from_an_unusable_checkpoint_gives_one_clear_line(tmp_path, damage):
+    path = tmp_path / "pong_pg.pkl"
+    if damage != "missing":
+        assert run("--episodes", 1, "--workers", 1, "--hidden", 8, "--checkpoint-dir", tmp_path).returncode == 0
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif damage == "garbage":
+        path.write_bytes(b"\x80\x05 this is not a checkpoint")
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "wrong shape":
+        state = checkpoint.load(path)
+        state["model"]["W1"] = state["model"]["W1"][:, :100]
+        checkpoint.save(path, state)
+    before = path.read_bytes() if path.exists() else None
+    result = run("--resume", "--episodes", 1, "--checkpoint-dir", tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("pong_pg: error: ")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert (path.read_bytes() if path.exists() else None) == before
+
+
+def test_resume_with_other_hidden_size_is_refused(tmp_path):
+    assert run("--episodes", 1, "--workers", 1, "--hidden", 8, "--checkpoint-dir", tmp_path).returncode == 0
+    result = run("--resume", "--hidden", 16, "--episodes", 1, "--checkpoint-dir", tmp_path)
+    assert result.returncode == 1 and "hidden units" in result.stderr
+
+
+@pytest.mark.parametrize("flags", [["--lr", "-1"], ["--lr", "0"], ["--lr", "nan"], ["--batch-size", "0"],
+                                   ["--gamma", "1.5"], ["--gamma", "0"], ["--decay-rate", "1"],
+                                   ["--hidden", "0"], ["--workers", "0"], ["--episodes", "-3"],
+                                   ["--save-every", "x"], ["--seed", "-1"], ["--no-such-flag"]])
+def test_invalid_flags_exit_2_before_any_work(tmp_path, flags):
+    result = run(*flags, "--checkpoint-dir", tmp_path / "run")
+    assert result.returncode == 2
+    assert "error" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_worker_with_a_seed_is_reproducible(tmp_path):
+    for name in ("a", "b"):
+        result = run("--episodes", 3, "--batch-size", 2, "--workers", 1, "--seed", 7, "--checkpoint-dir",
+                     tmp_path / name)
+        assert result.returncode == 0, result.stderr
+    a, b = saved(tmp_path / "a"), saved(tmp_path / "b")
+    np.testing.assert_array_equal(a["model"]["W1"], b["model"]["W1"])
+    np.testing.assert_array_equal(a["cache"]["W1"], b["cache"]["W1"])
+    strip = [{k: v for k, v in row.items() if k != "wall_seconds"} for row in log_rows(tmp_path / "a")]
+    assert strip == [{k: v for k, v in row.items() if k != "wall_seconds"} for row in log_rows(tmp_path / "b")]
+
+
+def test_several_workers_make_well_formed_batches(tmp_path):
+    result = run("--episodes", 9, "--batch-size", 4, "--workers", 3, "--checkpoint-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = log_rows(tmp_path)
+    assert [int(r["episode"]) for r in rows] == list(range(1, 10))        # each episode once, none lost
+    assert [int(r["update"]) for r in rows] == [0, 0, 0, 0, 1, 1, 1, 1, 2]  # an update every 4 episodes
+    state = saved(tmp_path)
+    assert (state["episode"], state["updates"]) == (9, 2)
+    assert state["batch"]["episodes"] == 1 and state["batch"]["steps"] == int(rows[-1]["steps"])
+    assert state["total_steps"] == sum(int(r["steps"]) for r in rows)
+    assert state["next_task"] == 9                                          # no task handed out twice
+
+
+def test_ctrl_c_saves_and_exits_130_without_orphans(tmp_path):
+    proc = subprocess.Popen([sys.executable, PONG_PG, "--workers", "2", "--checkpoint-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "log.csv").exists() or len(log_rows(tmp_path)) < 3:
+        time.sleep(0.2)
+    children = [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+    assert len(children) >= 2
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "stopped by SIGINT" in out
+    state = saved(tmp_path)
+    assert state["episode"] == len(log_rows(tmp_path)) >= 3
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
