@@ -16,6 +16,7 @@ import numpy as np
 
 FORMAT = "pong_pg checkpoint"
 VERSION = 1
+TEMPORARY_PREFIX = ".tmp-"
 
 
 class CheckpointError(Exception):
@@ -55,7 +56,7 @@ def save(path, state):
     payload = pickle.dumps({"format": FORMAT, "version": VERSION, "state": _encode(state)},
                            protocol=pickle.HIGHEST_PROTOCOL)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
@@ -71,6 +72,13 @@ def save(path, state):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_temporaries(directory):
+    """Delete the temporary files of saves that were killed before their rename."""
+    for name in os.listdir(directory):
+        if name.startswith(TEMPORARY_PREFIX):
+            os.unlink(os.path.join(directory, name))
 
 
 def load(path):

@@ -251,7 +251,7 @@ def train(args, state, paths):
             state["episode"] += 1
             state["total_steps"] += episode.steps
             version, played = played_with[worker]
-            completes_batch = batch.episodes + 1 == hyper["batch_size"]
+            completes_batch = batch.episodes + 1 >= hyper["batch_size"]
             if not completes_batch and wanted():
                 assign(worker)          # keep the worker busy while we take in its episode
             batch.add_episode(played, episode.frames, episode.up, episode.rewards, hyper["gamma"])
@@ -269,7 +269,7 @@ def train(args, state, paths):
                 print(f"episode {state['episode']}: score {score:+d}, running mean "
                       f"{state['running_mean']:+.2f}, {episode.steps} steps, {clock(wall)}")
 
-            if batch.episodes == hyper["batch_size"]:
+            if batch.episodes >= hyper["batch_size"]:   # (>=: --batch-size may shrink on resume)
                 grad = batch.gradient()
                 if not all(np.all(np.isfinite(g)) for g in grad.values()):
                     raise FloatingPointError("the gradient is not finite")
@@ -278,7 +278,7 @@ def train(args, state, paths):
                     raise FloatingPointError("the weights or the RMSProp cache are not finite")
                 state["updates"] += 1
                 now = time.time()
-                print(f"update {state['updates']}: {batch.steps} steps in {hyper['batch_size']} episodes, "
+                print(f"update {state['updates']}: {batch.steps} steps in {batch.episodes} episodes, "
                       f"{update_steps / max(now - update_start, 1e-9):,.0f} steps/s, running mean "
                       f"{state['running_mean']:+.2f}, weights up to {batch_lag} update(s) old, "
                       f"total {state['total_steps']:,} steps, {clock(wall)}")
@@ -312,7 +312,10 @@ def train(args, state, paths):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.makedirs(args.checkpoint_dir, exist_ok=True)
+    try:
+        os.makedirs(args.checkpoint_dir, exist_ok=True)
+    except OSError as e:
+        fail(f"cannot create --checkpoint-dir {args.checkpoint_dir}: {e.strerror or e}")
     paths = {"checkpoint": os.path.join(args.checkpoint_dir, CHECKPOINT_FILE),
              "log": os.path.join(args.checkpoint_dir, LOG_FILE)}
     if args.resume:
@@ -328,6 +331,12 @@ def main(argv=None):
                 fail(f"{paths[what]} already exists: add --resume to continue that run, or choose "
                      f"another --checkpoint-dir", code=2)
         state = new_state(choose_hyperparameters(args, None), args.seed)
+        try:
+            checkpoint.save(paths["checkpoint"], state)   # from now on, --resume always has a start
+        except OSError as e:
+            fail(f"cannot write to {args.checkpoint_dir}: {e.strerror or e}")
+    checkpoint.remove_temporaries(args.checkpoint_dir)
+    Stop.signal = None
     signal.signal(signal.SIGINT, Stop.handler)
     signal.signal(signal.SIGTERM, Stop.handler)
     train(args, state, paths)

@@ -91,15 +91,18 @@ def _worker(conn, seed, worker_id, first_task):
     env = make_env()
     env.reset(seed=env_seed(seed, worker_id, first_task))
     weights = None
-    while True:
-        message = conn.recv()
-        if message is None:
-            return
-        task, new_weights = message
-        weights = new_weights if new_weights is not None else weights
-        episode = play_episode(env, weights, task_rng(seed, task))
-        episode.task = task
-        conn.send(episode)
+    try:
+        while True:
+            message = conn.recv()
+            if message is None:
+                return
+            task, new_weights = message
+            weights = new_weights if new_weights is not None else weights
+            episode = play_episode(env, weights, task_rng(seed, task))
+            episode.task = task
+            conn.send(episode)
+    except (EOFError, BrokenPipeError):
+        return                                       # the learner is gone: so are we
 
 
 class WorkerError(RuntimeError):

@@ -1,0 +1,185 @@
+"""Faults a night of training must survive: kills, signals, failed saves, divergence, dead workers."""
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import checkpoint
+import pong_pg
+from conftest import ROOT
+from test_cli import PONG_PG, log_rows, run, saved
+
+
+def start(*args):
+    return subprocess.Popen([sys.executable, PONG_PG, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def wait_for_rows(directory, n, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (directory / "log.csv").exists() and len(log_rows(directory)) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} episodes within {timeout} s")
+
+
+def children_of(pid):
+    return [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+
+
+def workers_of(pid):
+    """The worker processes (multiprocessing also starts a resource tracker beside them)."""
+    return [child for child in children_of(pid) if b"resource_tracker" not in open(f"/proc/{child}/cmdline", "rb").read()]
+
+
+def gone(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_sigterm_saves_stops_workers_and_exits_143(tmp_path):
+    proc = start("--workers", 2, "--checkpoint-dir", tmp_path)
+    wait_for_rows(tmp_path, 2)
+    workers = children_of(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in out
+    assert saved(tmp_path)["episode"] == len(log_rows(tmp_path))
+    assert workers and all(gone(pid) for pid in workers)
+
+
+def test_sigkill_at_random_moments_and_inside_saves_loses_nothing(tmp_path):
+    """22 SIGKILLs of the trainer: at random times, and right after a save has begun (its temporary
+    file exists). After each, the checkpoint loads; at the end, --resume continues with a clean log."""
+    rng = random.Random(0)
+    inside_a_save = 0
+    for kill in range(22):
+        proc = start(*(["--resume"] if kill else []), "--batch-size", 1, "--save-every", 1,
+                     "--workers", 2, "--quiet", "--checkpoint-dir", tmp_path)
+        if kill % 2:                                   # wait for a save to begin, then kill it
+            deadline = time.time() + 60
+            while time.time() < deadline and not any(name.startswith(checkpoint.TEMPORARY_PREFIX)
+                                                     for name in os.listdir(tmp_path)):
+                pass
+        else:
+            time.sleep(rng.uniform(0.0, 3.0))
+        proc.kill()
+        proc.wait()
+        inside_a_save += any(name.startswith(checkpoint.TEMPORARY_PREFIX) for name in os.listdir(tmp_path))
+        pong_pg.load_state(tmp_path / "pong_pg.pkl")   # always loads, whole
+    assert inside_a_save >= 2, "too few kills landed inside a save to prove anything"
+
+    before = saved(tmp_path)["episode"]
+    final = run("--resume", "--episodes", 2, "--batch-size", 1, "--checkpoint-dir", tmp_path)
+    assert final.returncode == 0, final.stderr
+    state = saved(tmp_path)
+    assert state["episode"] == before + 2
+    rows = log_rows(tmp_path)
+    assert [int(r["episode"]) for r in rows] == list(range(1, state["episode"] + 1))   # no torn, no twice
+    assert all(None not in r.values() and "" not in r.values() for r in rows)
+    assert state["total_steps"] == sum(int(r["steps"]) for r in rows)
+    assert not any(name.startswith(checkpoint.TEMPORARY_PREFIX) for name in os.listdir(tmp_path))
+
+
+def test_a_failing_save_keeps_the_previous_checkpoint_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    assert run("--episodes", 2, "--batch-size", 1, "--workers", 1, "--checkpoint-dir", tmp_path).returncode == 0
+    good = (tmp_path / "pong_pg.pkl").read_bytes()
+    real_fsync, calls = os.fsync, []
+
+    def disk_full_twice(fd):                          # the first two saves fail half-way, disk full
+        calls.append(fd)
+        if len(calls) <= 2:
+            assert (tmp_path / "pong_pg.pkl").read_bytes() == good
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full_twice)
+    pong_pg.main(["--resume", "--episodes", "3", "--save-every", "1", "--workers", "1",
+                  "--checkpoint-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert err.count("could not save the checkpoint (No space left on device); the previous one is intact") == 2
+    assert saved(tmp_path)["episode"] == 5             # the third save, and the final one, went through
+    assert sorted(os.listdir(tmp_path)) == ["log.csv", "pong_pg.pkl"]   # no temporary file left behind
+
+
+def test_a_failing_final_save_exits_non_zero(tmp_path, monkeypatch, capsys):
+    assert run("--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path).returncode == 0
+    good = (tmp_path / "pong_pg.pkl").read_bytes()
+
+    def denied(path, state):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(checkpoint, "save", denied)
+    with pytest.raises(SystemExit) as exit_:
+        pong_pg.main(["--resume", "--episodes", "1", "--workers", "1", "--checkpoint-dir", str(tmp_path)])
+    assert exit_.value.code == 1
+    assert "final checkpoint could not be saved" in capsys.readouterr().err
+    assert (tmp_path / "pong_pg.pkl").read_bytes() == good
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("poison", ["model", "cache", "gradient"])
+def test_non_finite_numbers_stop_training_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch, capsys,
+                                                                          poison):
+    assert run("--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path).returncode == 0
+    good = (tmp_path / "pong_pg.pkl").read_bytes()
+    real_step = pong_pg.rmsprop_step
+
+    def poisoned_step(model, cache, grad, *args):
+        if poison == "gradient":
+            grad["W1"][0, 0] = np.inf
+        real_step(model, cache, grad, *args)
+        if poison != "gradient":
+            {"model": model, "cache": cache}[poison]["W2"][3] = np.nan
+    monkeypatch.setattr(pong_pg, "rmsprop_step", poisoned_step)
+    with pytest.raises(SystemExit) as exit_:
+        pong_pg.main(["--resume", "--episodes", "4", "--batch-size", "1", "--save-every", "1", "--workers", "1",
+                      "--checkpoint-dir", str(tmp_path)])
+    assert exit_.value.code == 1
+    assert "training diverged" in capsys.readouterr().err
+    assert (tmp_path / "pong_pg.pkl").read_bytes() == good
+
+
+def test_a_crashed_worker_is_reported_not_a_hang(tmp_path):
+    proc = start("--workers", 2, "--checkpoint-dir", tmp_path)
+    wait_for_rows(tmp_path, 2)
+    workers = workers_of(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "worker 0 died" in err and "Traceback" not in err
+    assert saved(tmp_path)["episode"] == len(log_rows(tmp_path))
+    assert all(gone(pid) for pid in workers)
+
+
+def test_resume_never_runs_code_from_a_hostile_checkpoint(tmp_path):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+    content = {"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "state": Payload()}
+    (tmp_path / "pong_pg.pkl").write_bytes(pickle.dumps(content))
+    result = run("--resume", "--episodes", 1, "--checkpoint-dir", tmp_path)
+    assert result.returncode == 1
+    assert "refusing to load" in result.stderr and "os.system" in result.stderr.replace("posix.system", "os.system")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_checkpoint_of_another_format_version_is_refused(tmp_path):
+    assert run("--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path).returncode == 0
+    state = checkpoint.load(tmp_path / "pong_pg.pkl")
+    import pickle
+    (tmp_path / "pong_pg.pkl").write_bytes(pickle.dumps({"format": checkpoint.FORMAT, "version": 0,
+                                                         "state": checkpoint._encode(state)}))
+    result = run("--resume", "--episodes", 1, "--checkpoint-dir", tmp_path)
+    assert result.returncode == 1 and "format version 0" in result.stderr
