@@ -22,6 +22,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 import checkpoint  # noqa: E402
+import plots  # noqa: E402
+import watch  # noqa: E402
 from checkpoint import CheckpointError  # noqa: E402
 from policy import BatchGradient, init_model, rmsprop_step  # noqa: E402
 from preprocess import D  # noqa: E402
@@ -39,6 +41,7 @@ RUNNING_MEAN_DECAY = 0.99   # the running mean score: 0.99 * old + 0.01 * episod
 
 CHECKPOINT_FILE = "pong_pg.pkl"
 LOG_FILE = "log.csv"
+SHIPPED_AGENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "pretrained.pkl")
 LOG_COLUMNS = ["episode", "score", "running_mean", "steps", "total_steps", "update", "wall_seconds"]
 HYPER_FLAGS = {"hidden": HIDDEN, "batch_size": BATCH_SIZE, "lr": LEARNING_RATE, "gamma": GAMMA,
                "decay_rate": DECAY_RATE}
@@ -87,7 +90,33 @@ def parse_args(argv=None):
     p.add_argument("--gamma", type=unit_interval, help=f"reward discount (default: {GAMMA})")
     p.add_argument("--decay-rate", type=decay_interval, help=f"RMSProp decay (default: {DECAY_RATE})")
     p.add_argument("--quiet", action="store_true", help="print only the per-update summaries")
-    return p.parse_args(argv)
+    p.add_argument("--render", action="store_true", help="while training, show one worker's games in a "
+                   "window (the others keep training at full speed)")
+    watch = p.add_argument_group("watching a trained agent (the latest checkpoint in --checkpoint-dir, "
+                                 "else the shipped agent)")
+    watch.add_argument("--play", action="store_true", help="show the agent playing in a window")
+    watch.add_argument("--record", metavar="FILE", help="write a video of one game (.mp4 or .gif); "
+                       "needs no display")
+    watch.add_argument("--eval", type=positive_int, metavar="N", help="play N games with the sampled and N "
+                       "with the greedy policy, no learning, and print the statistics")
+    watch.add_argument("--plot", action="store_true", help="write the learning-curve and weights PNGs "
+                       "into --checkpoint-dir")
+    watch.add_argument("--checkpoint", metavar="FILE", help="the agent to watch")
+    watch.add_argument("--greedy", action="store_true", help="--play / --record: always take the more "
+                       "likely action instead of sampling")
+    watch.add_argument("--max-steps", type=positive_int, metavar="N", help="--play / --record: end each "
+                       "game after N steps")
+    args = p.parse_args(argv)
+    modes = [flag for flag, on in (("--play", args.play), ("--eval", args.eval), ("--plot", args.plot),
+                                   ("--record", args.record)) if on]
+    if len(modes) > 1 and modes != ["--play", "--record"]:
+        p.error(f"{' and '.join(modes)} cannot be combined")
+    if modes and (args.resume or args.render):
+        p.error(f"{modes[0]} watches an agent; --resume and --render are for training")
+    if args.record and not args.record.lower().endswith((".mp4", ".gif")):
+        p.error(f"--record {args.record}: the file name must end in .mp4 or .gif")
+    args.watching = bool(modes)
+    return args
 
 
 def fail(message, code=1):
@@ -105,18 +134,22 @@ def new_state(hyper, seed):
             "running_mean": None, "wall_seconds": 0.0, "batch": None}
 
 
+def check_arrays(state, parts, path):
+    """Raise CheckpointError unless state[part] holds finite W1 (H, 6400) and W2 (H,) for each part."""
+    hidden = state["hyper"]["hidden"]
+    for part in parts:
+        for k, shape in {"W1": (hidden, D), "W2": (hidden,)}.items():
+            array = state[part][k]
+            if not isinstance(array, np.ndarray) or array.shape != shape:
+                raise CheckpointError(f"checkpoint {path} is damaged: {part} {k} is not {shape}")
+            if not np.all(np.isfinite(array)):
+                raise CheckpointError(f"checkpoint {path} holds non-finite {part} {k}")
+
+
 def check_state(state, path):
     """Raise CheckpointError unless state is a usable training state."""
     try:
-        hidden = state["hyper"]["hidden"]
-        shapes = {"W1": (hidden, D), "W2": (hidden,)}
-        for part in ("model", "cache"):
-            for k, shape in shapes.items():
-                array = state[part][k]
-                if not isinstance(array, np.ndarray) or array.shape != shape:
-                    raise CheckpointError(f"checkpoint {path} is damaged: {part} {k} is not {shape}")
-                if not np.all(np.isfinite(array)):
-                    raise CheckpointError(f"checkpoint {path} holds non-finite {part} {k}")
+        check_arrays(state, ("model", "cache"), path)
         for k in ("episode", "total_steps", "updates", "next_task"):
             if not isinstance(state[k], int) or state[k] < 0:
                 raise CheckpointError(f"checkpoint {path} is damaged: bad {k}")
@@ -131,6 +164,16 @@ def load_state(path):
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a pong_pg checkpoint")
     check_state(state, path)
+    return state
+
+
+def load_agent(path):
+    """The weights of a training checkpoint or of an agent file (weights only, like the shipped one)."""
+    state = checkpoint.load(path)
+    try:
+        check_arrays(state, ("model",), path)
+    except (KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"checkpoint {path} is damaged: it holds no policy weights") from None
     return state
 
 
@@ -200,6 +243,14 @@ class Stop:
         cls.signal = signum
 
 
+def refresh_plots(paths, W1):
+    """Redraw the learning curve and the weights next to the checkpoint; a failure never stops training."""
+    try:
+        plots.refresh(os.path.dirname(paths["checkpoint"]) or ".", W1, paths["log"])
+    except Exception as e:       # noqa: BLE001 (pictures are a convenience: report and go on)
+        print(f"note: could not draw the plots ({e})", file=sys.stderr)
+
+
 def train(args, state, paths):
     hyper = state["hyper"]
     model, cache = state["model"], state["cache"]
@@ -219,10 +270,11 @@ def train(args, state, paths):
                   f"intact, trying again at the next save", file=sys.stderr)
             return False
         print(f"saved {paths['checkpoint']} at episode {state['episode']} ({reason})")
+        refresh_plots(paths, model["W1"])
         return True
 
     log, writer = open_log(paths["log"])
-    pool = WorkerPool(args.workers, hyper["seed"], state["next_task"])
+    pool = WorkerPool(args.workers, hyper["seed"], state["next_task"], render_first=args.render)
     played_with = {}            # worker -> (update number, weights) it is playing with
     weights = (state["updates"], snapshot(model))
 
@@ -310,8 +362,56 @@ def train(args, state, paths):
         fail("the final checkpoint could not be saved")
 
 
+def find_agent(args):
+    """--checkpoint, else the run in --checkpoint-dir, else the shipped agent."""
+    if args.checkpoint:
+        return args.checkpoint
+    own = os.path.join(args.checkpoint_dir, CHECKPOINT_FILE)
+    if os.path.exists(own) or not os.path.exists(SHIPPED_AGENT):
+        return own
+    print(f"no run of your own in {args.checkpoint_dir}/ yet: using the shipped agent {SHIPPED_AGENT}")
+    return SHIPPED_AGENT
+
+
+def watch_agent(args):
+    """--play, --record, --eval, --plot."""
+    path = find_agent(args)
+    try:
+        state = load_agent(path)
+    except CheckpointError as e:
+        hint = "" if os.path.exists(path) else " (train first: python pong_pg.py)"
+        fail(f"{e}{hint}")
+    weights = snapshot(state["model"])
+    print(f"agent {path}: trained for {state.get('episode', '?')} episodes, "
+          f"running mean {state.get('running_mean') or 0:+.2f}")
+    if args.plot:
+        directory = os.path.dirname(path) or "."
+        log = os.path.join(directory, LOG_FILE)
+        try:
+            if os.path.exists(log):
+                plots.learning_curve(log, os.path.join(directory, plots.CURVE_FILE))
+                print(f"wrote {os.path.join(directory, plots.CURVE_FILE)}")
+            plots.weights_image(state["model"]["W1"], os.path.join(directory, plots.WEIGHTS_FILE))
+            print(f"wrote {os.path.join(directory, plots.WEIGHTS_FILE)}")
+        except ImportError as e:
+            fail(e)
+    elif args.eval:
+        print(f"evaluating over {args.eval} games per policy on {args.workers} worker(s)")
+        watch.print_evaluation(watch.evaluate(weights, args.eval, args.seed, args.workers))
+    elif args.record:
+        try:
+            watch.record(weights, args.record, args.seed, args.greedy, args.max_steps)
+        except watch.MissingDependency as e:
+            fail(e)
+    else:
+        watch.play(weights, args.episodes, args.seed, args.greedy, args.max_steps)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.watching:
+        signal.signal(signal.SIGINT, lambda *_: sys.exit(130))    # Ctrl-C ends watching quietly
+        return watch_agent(args)
     try:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
     except OSError as e:

@@ -52,17 +52,17 @@ class Episode:
         return self.indptr, self.idx, self.vals
 
 
-def play_episode(env, weights, rng, greedy=False, on_step=None):
+def play_episode(env, weights, rng, greedy=False, on_step=None, max_steps=None):
     """Play one episode with the policy weights {"W1T": W1.T contiguous, "W2"}; return it as an Episode.
 
-    Actions are sampled from P(UP) unless greedy (UP when P(UP) > 0.5). on_step(frame) is called
-    with every raw frame, for rendering or recording."""
+    Actions are sampled from P(UP) unless greedy (UP when P(UP) > 0.5). on_step(frame, episode_so_far)
+    is called with every raw frame, for recording. max_steps cuts the game short."""
     obs, _ = env.reset()
     previous = None
     idx_parts, on_parts, ups, rewards = [], [], [], []
     while True:
         if on_step is not None:
-            on_step(obs)
+            on_step(obs, rewards)
         current = preprocess(obs)
         idx, turned_on = sparse_difference(current, previous)
         previous = current
@@ -71,7 +71,7 @@ def play_episode(env, weights, rng, greedy=False, on_step=None):
         obs, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
         idx_parts.append(idx.astype(np.int16)); on_parts.append(turned_on)
         ups.append(up); rewards.append(reward)
-        if terminated or truncated:
+        if terminated or truncated or len(ups) == max_steps:
             break
     counts = [len(i) for i in idx_parts]
     return Episode(indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int32),
@@ -85,10 +85,10 @@ def task_rng(seed, task):
     return np.random.default_rng([seed, task])
 
 
-def _worker(conn, seed, worker_id, first_task):
-    """Worker process: receive (task, weights or None), play that episode, send the Episode back."""
+def _worker(conn, seed, worker_id, first_task, render):
+    """Worker process: receive (task, weights or None, greedy), play that episode, send it back."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the learner decides how to stop on Ctrl-C
-    env = make_env()
+    env = make_env(render_mode="human" if render else None)
     env.reset(seed=env_seed(seed, worker_id, first_task))
     weights = None
     try:
@@ -96,9 +96,9 @@ def _worker(conn, seed, worker_id, first_task):
             message = conn.recv()
             if message is None:
                 return
-            task, new_weights = message
+            task, new_weights, greedy = message
             weights = new_weights if new_weights is not None else weights
-            episode = play_episode(env, weights, task_rng(seed, task))
+            episode = play_episode(env, weights, task_rng(seed, task), greedy=greedy)
             episode.task = task
             conn.send(episode)
     except (EOFError, BrokenPipeError):
@@ -112,12 +112,14 @@ class WorkerError(RuntimeError):
 class WorkerPool:
     """N worker processes, each playing one episode at a time with the weights the learner sends."""
 
-    def __init__(self, n_workers, seed, first_task):
+    def __init__(self, n_workers, seed, first_task, render_first=False):
+        """render_first: worker 0 shows its games in a window (at the game's real speed)."""
         ctx = multiprocessing.get_context("spawn")
         self.conns, self.procs = [], []
         for worker_id in range(n_workers):
             ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(theirs, seed, worker_id, first_task), daemon=True)
+            render = render_first and worker_id == 0
+            proc = ctx.Process(target=_worker, args=(theirs, seed, worker_id, first_task, render), daemon=True)
             proc.start()
             theirs.close()
             self.conns.append(ours)
@@ -127,9 +129,9 @@ class WorkerPool:
     def __len__(self):
         return len(self.conns)
 
-    def assign(self, worker, task, weights=None):
+    def assign(self, worker, task, weights=None, greedy=False):
         """Worker plays task next; weights=None keeps the weights it has."""
-        self.conns[worker].send((task, weights))
+        self.conns[worker].send((task, weights, greedy))
         self.busy.add(worker)
 
     def next_result(self, timeout):

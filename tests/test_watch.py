@@ -1,0 +1,156 @@
+"""--play, --record, --eval, --plot, --render on the real emulator."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import pong_pg
+from conftest import ROOT
+from test_cli import PONG_PG, log_rows, run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A short real run: 2 episodes, a checkpoint after each, so the pictures are drawn too."""
+    directory = tmp_path_factory.mktemp("run")
+    result = run("--episodes", 2, "--batch-size", 1, "--save-every", 1, "--workers", 1, "--checkpoint-dir", directory)
+    assert result.returncode == 0, result.stderr
+    return directory
+
+
+def png_size(path):
+    data = open(path, "rb").read(24)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_pictures_are_refreshed_at_each_checkpoint(trained):
+    assert png_size(trained / "learning_curve.png") == (1200, 450)
+    assert png_size(trained / "weights.png") == (2 * (20 * 82 + 2), 2 * (10 * 82 + 2))   # 200 tiles of 80x80
+
+
+def test_plot_on_demand(trained, tmp_path):
+    for name in ("pong_pg.pkl", "log.csv"):
+        shutil.copy(trained / name, tmp_path / name)
+    result = run("--plot", "--checkpoint-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert png_size(tmp_path / "learning_curve.png") == (1200, 450)
+    assert png_size(tmp_path / "weights.png") == (3284, 1644)
+
+
+@pytest.mark.parametrize("suffix", ["mp4", "gif"])
+def test_record_writes_a_video_a_decoder_reads_back(trained, tmp_path, suffix):
+    import av
+    video = tmp_path / f"agent.{suffix}"
+    result = run("--record", video, "--max-steps", 60, "--checkpoint-dir", trained)
+    assert result.returncode == 0, result.stderr
+    assert "recording:" in result.stdout and f"wrote {video}: 60 frames" in result.stdout
+    with av.open(str(video)) as container:
+        frames = list(container.decode(video=0))
+    if suffix == "mp4":
+        assert len(frames) == 60
+    else:                                          # GIF merges identical consecutive frames
+        assert 45 <= len(frames) <= 60
+    assert (frames[0].width, frames[0].height) == (480, 630)
+    image = frames[30].to_ndarray(format="rgb24")
+    assert image.std() > 5                         # a picture of the game, not a blank frame
+
+
+def test_record_without_the_encoder_says_how_to_install_it(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "av", None)    # as if PyAV were not installed
+    with pytest.raises(SystemExit) as exit_:
+        pong_pg.main(["--record", str(tmp_path / "a.mp4"), "--checkpoint-dir", str(trained)])
+    assert exit_.value.code == 1
+    assert "pip install av" in capsys.readouterr().err
+    assert not (tmp_path / "a.mp4").exists()
+
+
+def test_eval_prints_statistics_for_both_policies(trained):
+    result = run("--eval", 2, "--checkpoint-dir", trained)
+    assert result.returncode == 0, result.stderr
+    assert "eval 4/4" in result.stdout
+    for mode in ("sampled", "greedy"):
+        line = next(line for line in result.stdout.splitlines() if line.startswith(f"{mode} policy: mean score"))
+        mean = float(line.split("mean score ")[1].split()[0])
+        assert -21 <= mean <= 21
+        assert "95% CI" in line and "games (" in line and "points" in line
+
+
+def test_confidence_interval():
+    from watch import confidence_95
+    scores = np.array([1.0, 3.0, 5.0])
+    assert abs(confidence_95(scores) - 4.303 * 2 / np.sqrt(3)) < 1e-9
+    assert abs(confidence_95(np.arange(100.0)) - 1.96 * np.std(np.arange(100.0), ddof=1) / 10) < 1e-9
+
+
+@pytest.mark.parametrize("mode", [["--eval", "1"], ["--play"], ["--record", "x.gif"], ["--plot"]])
+def test_watching_without_a_checkpoint_or_with_a_damaged_one(tmp_path, mode, monkeypatch):
+    result = run(*mode, "--checkpoint-dir", tmp_path)
+    if os.path.exists(pong_pg.SHIPPED_AGENT):
+        assert "using the shipped agent" in result.stdout    # no run of one's own: the shipped agent plays
+    else:
+        assert result.returncode == 1 and "no checkpoint at" in result.stderr and "train first" in result.stderr
+    (tmp_path / "pong_pg.pkl").write_bytes(b"\x80\x04garbage")
+    result = run(*mode, "--checkpoint-dir", tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("pong_pg: error: checkpoint") and "damaged" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_shipped_agent_is_used_when_there_is_no_run_yet(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pong_pg, "SHIPPED_AGENT", str(trained / "pong_pg.pkl"))
+    pong_pg.main(["--eval", "1", "--workers", "1", "--checkpoint-dir", str(tmp_path / "empty")])
+    out = capsys.readouterr().out
+    assert "no run of your own" in out and "using the shipped agent" in out and "greedy policy: mean" in out
+
+
+def test_conflicting_modes_are_refused(tmp_path):
+    for flags in (["--play", "--eval", "2"], ["--plot", "--resume"], ["--record", "a.avi"], ["--eval", "1", "--render"]):
+        result = run(*flags, "--checkpoint-dir", tmp_path)
+        assert result.returncode == 2 and "error" in result.stderr
+
+
+def xvfb():
+    if shutil.which("Xvfb") is None:
+        pytest.skip("no display server: install Xvfb (apt-get install xvfb) to test the window")
+    display = ":97"
+    server = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    if server.poll() is not None:
+        pytest.skip("Xvfb could not start a virtual display")
+    return server, dict(os.environ, DISPLAY=display, SDL_AUDIODRIVER="dummy")
+
+
+def test_play_in_a_window_under_xvfb(trained):
+    server, env = xvfb()
+    try:
+        result = subprocess.run([sys.executable, PONG_PG, "--play", "--episodes", "2", "--max-steps", "20",
+                                 "--checkpoint-dir", str(trained)], capture_output=True, text=True, env=env,
+                                timeout=120, cwd=ROOT)
+    finally:
+        server.terminate()
+    assert result.returncode == 0, result.stderr
+    assert "game 1:" in result.stdout and "game 2:" in result.stdout and "20 steps" in result.stdout
+
+
+def test_render_while_training_shows_one_game_and_the_others_keep_training(tmp_path):
+    server, env = xvfb()
+    try:
+        proc = subprocess.Popen([sys.executable, PONG_PG, "--render", "--workers", "2", "--checkpoint-dir",
+                                 str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env, cwd=ROOT)
+        deadline = time.time() + 120
+        while time.time() < deadline and not ((tmp_path / "log.csv").exists() and len(log_rows(tmp_path)) >= 3):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        server.terminate()
+    assert proc.returncode == 130, err
+    assert len(log_rows(tmp_path)) >= 3            # the window plays at 15 steps/s; the other worker trains
