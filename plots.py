@@ -55,14 +55,14 @@ def weights_image(W1, out_path, columns=20):
     hidden = W1.shape[0]
     rows = -(-hidden // columns)
     tile, gap = 80, 2
-    grid = np.full((rows * (tile + gap) + gap, columns * (tile + gap) + gap), 0.5)
+    grid = np.full((rows * (tile + gap) + gap, columns * (tile + gap) + gap), 0.5, np.float32)
     for i in range(hidden):
         w = W1[i].reshape(tile, tile)
         scaled = 0.5 + 0.5 * w / max(np.abs(w).max(), 1e-12)    # each tile on its own scale, 0 = gray
         r, c = divmod(i, columns)
         grid[gap + r * (tile + gap):gap + r * (tile + gap) + tile,
              gap + c * (tile + gap):gap + c * (tile + gap) + tile] = scaled
-    plt.imsave(out_path, np.kron(grid, np.ones((2, 2))), cmap="gray", vmin=0, vmax=1)
+    plt.imsave(out_path, grid, cmap="gray", vmin=0, vmax=1)
 
 
 def refresh(directory, W1, log_path):

@@ -337,11 +337,11 @@ def train(args, state, paths):
                 update_start, update_steps, batch_lag = now, 0, 0
                 batch = BatchGradient(hyper["hidden"])
                 weights = (state["updates"], snapshot(model))
+                if wanted():
+                    assign(worker)      # with the new weights, before the slower save
                 if state["episode"] - last_save >= args.save_every:
                     if save(f"every {args.save_every} episodes"):
                         last_save = state["episode"]
-            if worker not in pool.busy and wanted():
-                assign(worker)          # with the new weights if there was an update
     except FloatingPointError as e:
         pool.close()
         log.close()

@@ -31,7 +31,7 @@ def png_size(path):
 
 def test_pictures_are_refreshed_at_each_checkpoint(trained):
     assert png_size(trained / "learning_curve.png") == (1200, 450)
-    assert png_size(trained / "weights.png") == (2 * (20 * 82 + 2), 2 * (10 * 82 + 2))   # 200 tiles of 80x80
+    assert png_size(trained / "weights.png") == (20 * 82 + 2, 10 * 82 + 2)   # 200 tiles of 80x80
 
 
 def test_plot_on_demand(trained, tmp_path):
@@ -40,7 +40,7 @@ def test_plot_on_demand(trained, tmp_path):
     result = run("--plot", "--checkpoint-dir", tmp_path)
     assert result.returncode == 0, result.stderr
     assert png_size(tmp_path / "learning_curve.png") == (1200, 450)
-    assert png_size(tmp_path / "weights.png") == (3284, 1644)
+    assert png_size(tmp_path / "weights.png") == (1642, 822)
 
 
 @pytest.mark.parametrize("suffix", ["mp4", "gif"])

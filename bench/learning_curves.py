@@ -1,0 +1,138 @@
+"""How fast does pong_pg beat the built-in AI? Learning curves over seeds and settings.
+
+Each run is a plain `python pong_pg.py` (all cores) with one seed and one setting, stopped when the
+running mean score reaches --target (0: it beats the built-in AI) or after --minutes. Runs go one at a
+time, so each has the whole machine, as a user's run would.
+
+    python bench/learning_curves.py --seeds 0 1 2                  # the defaults, 3 seeds
+    python bench/learning_curves.py --lr 1e-3 2e-3 --seeds 0 1 2   # compare learning rates
+
+Writes into --out: one run directory per (setting, seed) with its checkpoint and log (an interrupted
+study resumes the runs it had begun), results.md (time, episodes and steps to the target per run) and
+learning_curves.png (running mean against wall time). Existing finished runs are reused.
+"""
+import argparse
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def read_log(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("wall_seconds")]
+
+
+def first_reaching(rows, target):
+    return next((r for r in rows if float(r["running_mean"]) >= target), None)
+
+
+def run_until(directory, flags, target, minutes):
+    """Train in directory until the running mean reaches target or the run has trained `minutes`."""
+    log = os.path.join(directory, "log.csv")
+    rows = read_log(log)
+    if first_reaching(rows, target) or (rows and float(rows[-1]["wall_seconds"]) >= 60 * minutes):
+        return rows                                     # finished earlier
+    resume = ["--resume"] if os.path.exists(os.path.join(directory, "pong_pg.pkl")) else []
+    cmd = [sys.executable, os.path.join(ROOT, "pong_pg.py"), "--quiet", "--checkpoint-dir", directory,
+           *resume, *flags]
+    print(" ".join(cmd[1:]), flush=True)
+    with open(os.path.join(directory, "out.log"), "a") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            while proc.poll() is None:
+                time.sleep(2)
+                rows = read_log(log)
+                if rows:
+                    print(f"\r  episode {rows[-1]['episode']}, running mean {float(rows[-1]['running_mean']):+.2f}, "
+                          f"{float(rows[-1]['wall_seconds']) / 60:.1f} min", end="", flush=True)
+                if first_reaching(rows, target) or (rows and float(rows[-1]["wall_seconds"]) >= 60 * minutes):
+                    break
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)         # saves a checkpoint: the run can be continued
+                proc.wait()
+    print(flush=True)
+    return read_log(log)
+
+
+def plot(results, target, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    settings = sorted({r["setting"] for r in results})
+    for r in results:
+        color = colors[settings.index(r["setting"]) % len(colors)]
+        minutes = [float(row["wall_seconds"]) / 60 for row in r["rows"]]
+        ax.plot(minutes, [float(row["running_mean"]) for row in r["rows"]], color=color, lw=1.5,
+                label=f"{r['setting']}, seed {r['seed']}")
+    ax.axhline(target, color="gray", ls="--", lw=0.8)
+    ax.set_xlabel("wall time (minutes)")
+    ax.set_ylabel("running mean score (0.99)")
+    ax.set_ylim(-21.5, max(5, target + 3))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--lr", type=float, nargs="+", default=[None], help="learning rates (default: pong_pg's)")
+    ap.add_argument("--decay-rate", type=float, nargs="+", default=[None], help="RMSProp decays")
+    ap.add_argument("--workers", type=int, help="workers (default: pong_pg's, the cores)")
+    ap.add_argument("--target", type=float, default=0.0, help="running mean to reach (default: %(default)s)")
+    ap.add_argument("--minutes", type=float, default=30, help="give up after this much training time")
+    ap.add_argument("--out", default=os.path.join(ROOT, "runs", "learning_curves"))
+    args = ap.parse_args()
+
+    results = []
+    for lr in args.lr:
+        for decay in args.decay_rate:
+            flags, names = [], []
+            if lr is not None:
+                flags += ["--lr", str(lr)]; names.append(f"lr {lr:g}")
+            if decay is not None:
+                flags += ["--decay-rate", str(decay)]; names.append(f"decay {decay:g}")
+            if args.workers:
+                flags += ["--workers", str(args.workers)]; names.append(f"{args.workers} workers")
+            setting = ", ".join(names) or "defaults"
+            for seed in args.seeds:
+                directory = os.path.join(args.out, (setting.replace(", ", "_").replace(" ", "")) + f"_seed{seed}")
+                os.makedirs(directory, exist_ok=True)
+                rows = run_until(directory, flags + ["--seed", str(seed)], args.target, args.minutes)
+                results.append({"setting": setting, "seed": seed, "rows": rows,
+                                "hit": first_reaching(rows, args.target)})
+
+    lines = [f"| setting | seed | minutes to running mean >= {args.target:g} | episodes | agent steps |",
+             "|---|---:|---:|---:|---:|"]
+    for r in results:
+        hit = r["hit"]
+        if hit:
+            lines.append(f"| {r['setting']} | {r['seed']} | {float(hit['wall_seconds']) / 60:.1f} | "
+                         f"{hit['episode']} | {int(hit['total_steps']):,} |")
+        else:
+            last = r["rows"][-1] if r["rows"] else None
+            lines.append(f"| {r['setting']} | {r['seed']} | not within {args.minutes:g} "
+                         f"(reached {float(last['running_mean']):+.1f}) | {last['episode'] if last else 0} | |")
+    table = "\n".join(lines)
+    print(table)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(table + "\n")
+    plot(results, args.target, os.path.join(args.out, "learning_curves.png"))
+    print(f"wrote {os.path.join(args.out, 'results.md')} and learning_curves.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Memory does not grow with the length of an episode."""
+import tracemalloc
+
+import numpy as np
+
+from policy import BatchGradient, init_model
+from rollout import make_env, play_episode, task_rng
+
+
+def long_episode(real_steps, steps):
+    """A synthetic episode of `steps` steps made of the real game's frames, repeated."""
+    (indptr, idx, vals), X = real_steps
+    T = len(indptr) - 1
+    reps = -(-steps // T)
+    counts = np.tile(np.diff(indptr), reps)[:steps]
+    new_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    nnz = new_indptr[-1]
+    rewards = np.zeros(steps, np.int8)
+    rewards[::150] = -1                      # a point every 150 steps
+    up = (np.arange(steps) % 3 == 0).astype(np.uint8)
+    return (new_indptr, np.tile(idx, reps)[:nnz], np.tile(vals, reps)[:nnz]), up, rewards
+
+
+def peak_bytes_of_learning_from(frames, up, rewards, weights):
+    batch = BatchGradient(200)               # its accumulators exist before the episode arrives
+    tracemalloc.start()
+    batch.add_episode(weights, frames, up, rewards, 0.99)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def test_the_learner_needs_no_more_memory_for_a_20000_step_episode_than_for_1000(real_steps):
+    model = init_model(200, np.random.default_rng(0))
+    weights = {"W1T": np.ascontiguousarray(model["W1"].T), "W2": model["W2"]}
+    short = peak_bytes_of_learning_from(*long_episode(real_steps, 1_000), weights)
+    long = peak_bytes_of_learning_from(*long_episode(real_steps, 20_000), weights)
+    # the backward pass works on 128-step slices; only per-step returns (24 bytes a step) grow
+    assert long - short < 1_000_000, (short, long)
+    assert long < 5_000_000
+
+
+def test_an_episode_is_stored_in_about_100_bytes_a_step():
+    env = make_env()
+    env.reset(seed=5)
+    model = init_model(200, np.random.default_rng(0))
+    weights = {"W1T": np.ascontiguousarray(model["W1"].T), "W2": model["W2"]}
+    episode = play_episode(env, weights, task_rng(0, 0))
+    stored = sum(a.nbytes for a in (episode.indptr, episode.idx, episode.vals, episode.up, episode.rewards))
+    assert stored / episode.steps < 200        # a dense float64 frame would be 51,200 bytes
