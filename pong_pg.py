@@ -101,6 +101,8 @@ def parse_args(argv=None):
                        "with the greedy policy, no learning, and print the statistics")
     watch.add_argument("--plot", action="store_true", help="write the learning-curve and weights PNGs "
                        "into --checkpoint-dir")
+    watch.add_argument("--export", metavar="FILE", help="write the agent's weights alone (5 MB) to FILE, "
+                       "to share it or watch it with --checkpoint FILE")
     watch.add_argument("--checkpoint", metavar="FILE", help="the agent to watch")
     watch.add_argument("--greedy", action="store_true", help="--play / --record: always take the more "
                        "likely action instead of sampling")
@@ -108,7 +110,7 @@ def parse_args(argv=None):
                        "game after N steps")
     args = p.parse_args(argv)
     modes = [flag for flag, on in (("--play", args.play), ("--eval", args.eval), ("--plot", args.plot),
-                                   ("--record", args.record)) if on]
+                                   ("--record", args.record), ("--export", args.export)) if on]
     if len(modes) > 1 and modes != ["--play", "--record"]:
         p.error(f"{' and '.join(modes)} cannot be combined")
     if modes and (args.resume or args.render):
@@ -231,7 +233,8 @@ def snapshot(model):
 
 
 def clock(seconds):
-    return time.strftime("%H:%M:%S", time.gmtime(seconds))
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 class Stop:
@@ -384,7 +387,11 @@ def watch_agent(args):
     weights = snapshot(state["model"])
     print(f"agent {path}: trained for {state.get('episode', '?')} episodes, "
           f"running mean {state.get('running_mean') or 0:+.2f}")
-    if args.plot:
+    if args.export:
+        agent = {k: state[k] for k in ("hyper", "model", "episode", "total_steps", "running_mean") if k in state}
+        checkpoint.save(args.export, agent)
+        print(f"wrote {args.export}")
+    elif args.plot:
         directory = os.path.dirname(path) or "."
         log = os.path.join(directory, LOG_FILE)
         try:

@@ -154,3 +154,15 @@ def test_render_while_training_shows_one_game_and_the_others_keep_training(tmp_p
         server.terminate()
     assert proc.returncode == 130, err
     assert len(log_rows(tmp_path)) >= 3            # the window plays at 15 steps/s; the other worker trains
+
+
+def test_export_writes_the_weights_alone_and_they_can_be_watched(trained, tmp_path):
+    agent = tmp_path / "agent.pkl"
+    result = run("--export", agent, "--checkpoint-dir", trained)
+    assert result.returncode == 0, result.stderr
+    state = pong_pg.load_agent(agent)
+    assert "cache" not in state and "batch" not in state and state["model"]["W1"].shape == (200, 6400)
+    assert agent.stat().st_size < 6_000_000
+    np.testing.assert_array_equal(state["model"]["W1"], pong_pg.load_state(trained / "pong_pg.pkl")["model"]["W1"])
+    result = run("--eval", 1, "--workers", 1, "--checkpoint", agent, "--checkpoint-dir", tmp_path / "none")
+    assert result.returncode == 0 and "greedy policy: mean score" in result.stdout
