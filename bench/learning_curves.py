@@ -70,10 +70,12 @@ def plot(results, target, path):
     fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     settings = sorted({r["setting"] for r in results})
+    seeds = sorted({r["seed"] for r in results})
     for r in results:
-        color = colors[settings.index(r["setting"]) % len(colors)]
+        color = colors[settings.index(r["setting"]) % len(colors)]          # a color per setting,
+        style = ["-", "--", ":", "-."][seeds.index(r["seed"]) % 4]          # a line style per seed
         minutes = [float(row["wall_seconds"]) / 60 for row in r["rows"]]
-        ax.plot(minutes, [float(row["running_mean"]) for row in r["rows"]], color=color, lw=1.5,
+        ax.plot(minutes, [float(row["running_mean"]) for row in r["rows"]], color=color, ls=style, lw=1.5,
                 label=f"{r['setting']}, seed {r['seed']}")
     ax.axhline(target, color="gray", ls="--", lw=0.8)
     ax.set_xlabel("wall time (minutes)")
