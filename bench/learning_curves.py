@@ -97,6 +97,7 @@ def main():
     ap.add_argument("--target", type=float, default=0.0, help="running mean to reach (default: %(default)s)")
     ap.add_argument("--minutes", type=float, default=30, help="give up after this much training time")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "learning_curves"))
+    ap.add_argument("--report-only", action="store_true", help="train nothing: report the runs in --out")
     args = ap.parse_args()
 
     results = []
@@ -113,7 +114,10 @@ def main():
             for seed in args.seeds:
                 directory = os.path.join(args.out, (setting.replace(", ", "_").replace(" ", "")) + f"_seed{seed}")
                 os.makedirs(directory, exist_ok=True)
-                rows = run_until(directory, flags + ["--seed", str(seed)], args.target, args.minutes)
+                if args.report_only:
+                    rows = read_log(os.path.join(directory, "log.csv"))
+                else:
+                    rows = run_until(directory, flags + ["--seed", str(seed)], args.target, args.minutes)
                 results.append({"setting": setting, "seed": seed, "rows": rows,
                                 "hit": first_reaching(rows, args.target)})
 
@@ -124,10 +128,11 @@ def main():
         if hit:
             lines.append(f"| {r['setting']} | {r['seed']} | {float(hit['wall_seconds']) / 60:.1f} | "
                          f"{hit['episode']} | {int(hit['total_steps']):,} |")
-        else:
-            last = r["rows"][-1] if r["rows"] else None
-            lines.append(f"| {r['setting']} | {r['seed']} | not within {args.minutes:g} "
-                         f"(reached {float(last['running_mean']):+.1f}) | {last['episode'] if last else 0} | |")
+        elif r["rows"]:
+            last = r["rows"][-1]
+            lines.append(f"| {r['setting']} | {r['seed']} | not within {float(last['wall_seconds']) / 60:.1f} "
+                         f"(reached {float(last['running_mean']):+.1f}) | {last['episode']} | "
+                         f"{int(last['total_steps']):,} |")
     table = "\n".join(lines)
     print(table)
     with open(os.path.join(args.out, "results.md"), "w") as f:
