@@ -392,7 +392,8 @@ def watch_agent(args):
         checkpoint.save(args.export, agent)
         print(f"wrote {args.export}")
     elif args.plot:
-        directory = os.path.dirname(path) or "."
+        directory = args.checkpoint_dir
+        os.makedirs(directory, exist_ok=True)
         log = os.path.join(directory, LOG_FILE)
         try:
             if os.path.exists(log):
@@ -411,7 +412,15 @@ def watch_agent(args):
         except watch.MissingDependency as e:
             fail(e)
     else:
+        need_display("--play")
         watch.play(weights, args.episodes, args.seed, args.greedy, args.max_steps)
+
+
+def need_display(flag):
+    """On Linux an SDL window needs an X11 or Wayland display; without one it would silently show nothing."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        fail(f"{flag} needs a display and none is set (DISPLAY): use --record agent.mp4 instead, or run "
+             f"under a virtual display: xvfb-run python pong_pg.py {flag}")
 
 
 def main(argv=None):
@@ -425,6 +434,8 @@ def main(argv=None):
         fail(f"cannot create --checkpoint-dir {args.checkpoint_dir}: {e.strerror or e}")
     paths = {"checkpoint": os.path.join(args.checkpoint_dir, CHECKPOINT_FILE),
              "log": os.path.join(args.checkpoint_dir, LOG_FILE)}
+    if args.render:
+        need_display("--render")
     if args.resume:
         try:
             state = load_state(paths["checkpoint"])

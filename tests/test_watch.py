@@ -88,18 +88,31 @@ def test_confidence_interval():
     assert abs(confidence_95(np.arange(100.0)) - 1.96 * np.std(np.arange(100.0), ddof=1) / 10) < 1e-9
 
 
-@pytest.mark.parametrize("mode", [["--eval", "1"], ["--play"], ["--record", "x.gif"], ["--plot"]])
-def test_watching_without_a_checkpoint_or_with_a_damaged_one(tmp_path, mode, monkeypatch):
-    result = run(*mode, "--checkpoint-dir", tmp_path)
+@pytest.mark.parametrize("mode", ["--eval", "--play", "--record", "--plot"])
+def test_watching_without_a_checkpoint_or_with_a_damaged_one(tmp_path, mode):
+    flags = {"--eval": ["--eval", "1", "--workers", "1"], "--play": ["--play", "--episodes", "1", "--max-steps", "5"],
+             "--record": ["--record", tmp_path / "x.gif", "--max-steps", "5"], "--plot": ["--plot"]}[mode]
+    run_dir = tmp_path / "run"
+    result = run(*flags, "--checkpoint-dir", run_dir)
     if os.path.exists(pong_pg.SHIPPED_AGENT):
         assert "using the shipped agent" in result.stdout    # no run of one's own: the shipped agent plays
     else:
         assert result.returncode == 1 and "no checkpoint at" in result.stderr and "train first" in result.stderr
-    (tmp_path / "pong_pg.pkl").write_bytes(b"\x80\x04garbage")
-    result = run(*mode, "--checkpoint-dir", tmp_path)
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "pong_pg.pkl").write_bytes(b"\x80\x04garbage")
+    result = run(*flags, "--checkpoint-dir", run_dir)
     assert result.returncode == 1
     assert result.stderr.startswith("pong_pg: error: checkpoint") and "damaged" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_play_without_a_display_says_what_to_do(trained):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    for flags in (["--play", "--checkpoint-dir", str(trained)], ["--render", "--checkpoint-dir", str(trained / "new")]):
+        result = subprocess.run([sys.executable, PONG_PG, *flags], capture_output=True, text=True, env=env,
+                                timeout=60, cwd=ROOT)
+        assert result.returncode == 1
+        assert "needs a display" in result.stderr and "--record" in result.stderr and "xvfb-run" in result.stderr
 
 
 def test_the_shipped_agent_is_used_when_there_is_no_run_yet(trained, tmp_path, monkeypatch, capsys):
