@@ -121,6 +121,12 @@ class BatchGradient:
     def __init__(self, hidden):
         self.sums_W1T = np.zeros((D, 2 * hidden))
         self.sums_W2 = np.zeros((2, hidden))
+        self.reset()
+
+    def reset(self):
+        """Empty the batch, reusing the 20 MB of sums (a fresh allocation per update fragments memory)."""
+        self.sums_W1T.fill(0)
+        self.sums_W2.fill(0)
         self.sum_R = self.sum_R2 = 0.0
         self.steps = self.episodes = 0
 

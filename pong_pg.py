@@ -338,7 +338,7 @@ def train(args, state, paths):
                       f"{state['running_mean']:+.2f}, weights up to {batch_lag} update(s) old, "
                       f"total {state['total_steps']:,} steps, {clock(wall)}")
                 update_start, update_steps, batch_lag = now, 0, 0
-                batch = BatchGradient(hyper["hidden"])
+                batch.reset()
                 weights = (state["updates"], snapshot(model))
                 if wanted():
                     assign(worker)      # with the new weights, before the slower save
