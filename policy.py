@@ -26,7 +26,7 @@ def init_model(hidden, rng):
 
 
 def sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))    # clipped: no overflow; sigmoid(50) is 1 in float64
 
 
 def discount_rewards(rewards, gamma):
@@ -70,7 +70,7 @@ def forward_sparse(W1T, W2, idx, vals):
     so the columns of W1 that the nonzero pixels select are contiguous rows here."""
     h = vals @ W1T.take(idx, axis=0)              # = W1 @ x, touching only nonzero pixels
     np.maximum(h, 0, out=h)                       # ReLU
-    return 1.0 / (1.0 + math.exp(-float(h @ W2)))
+    return 1.0 / (1.0 + math.exp(-min(max(float(h @ W2), -50.0), 50.0)))   # P(UP), clipped like sigmoid
 
 
 def accumulate_sparse_gradients(W1T, W2, indptr, idx, vals, up, weights, dW1T, dW2):

@@ -159,3 +159,14 @@ def test_init_model_shapes_and_scale():
     assert model["W1"].dtype == np.float32
     assert abs(model["W1"].std() - 1 / 80) < 1e-3        # Xavier: 1/sqrt(6400)
     assert abs(model["W2"].std() - 1 / np.sqrt(200)) < 0.01
+
+
+def test_saturated_logits_neither_overflow_nor_warn():
+    import warnings
+    W1T = np.full((D, 4), 100.0, np.float32)
+    idx, vals = np.arange(10), np.ones(10, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert forward_sparse(W1T, np.full(4, 100.0, np.float32), idx, vals) == 1.0
+        assert forward_sparse(W1T, np.full(4, -100.0, np.float32), idx, vals) < 1e-20
+        np.testing.assert_allclose(sigmoid(np.array([-1e4, 0.0, 1e4])), [0, 0.5, 1], atol=1e-20)
