@@ -37,7 +37,6 @@ class Episode:
     vals: np.ndarray          # (nnz,) int8 their values, +1 or -1
     up: np.ndarray            # (T,) uint8: 1 if the action was UP
     rewards: np.ndarray       # (T,) int8: +1 / -1 when a point ends, else 0
-    task: int = -1            # which task of the run this was (it seeds the action sampling)
 
     @property
     def steps(self):
@@ -99,7 +98,6 @@ def _worker(conn, seed, worker_id, first_task, render):
             task, new_weights, greedy = message
             weights = new_weights if new_weights is not None else weights
             episode = play_episode(env, weights, task_rng(seed, task), greedy=greedy)
-            episode.task = task
             conn.send(episode)
     except (EOFError, BrokenPipeError):
         return                                       # the learner is gone: so are we

@@ -144,14 +144,14 @@ def record(weights, path, seed, greedy, max_steps):
 def evaluate(weights, n, seed, workers):
     """Play n games with the sampled policy and n with the greedy one, on all workers, no learning.
     Returns {"sampled": [Episode], "greedy": [Episode]}."""
-    jobs = [("sampled", i) for i in range(n)] + [("greedy", i) for i in range(n)]
+    jobs = ["sampled"] * n + ["greedy"] * n
     results = {"sampled": [], "greedy": []}
     pool = WorkerPool(min(workers, len(jobs)), seed, EVAL_SEED_OFFSET)
     running, next_job, sent = {}, 0, set()
     try:
         def assign(worker):
             nonlocal next_job
-            mode, i = jobs[next_job]
+            mode = jobs[next_job]
             pool.assign(worker, EVAL_SEED_OFFSET + next_job, None if worker in sent else weights,
                         greedy=mode == "greedy")
             sent.add(worker)
