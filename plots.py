@@ -66,8 +66,11 @@ def weights_image(W1, out_path, columns=20):
 
 
 def refresh(directory, W1, log_path):
-    """Rewrite both pictures in directory; returns their paths."""
-    curve, weights = os.path.join(directory, CURVE_FILE), os.path.join(directory, WEIGHTS_FILE)
-    learning_curve(log_path, curve)
-    weights_image(W1, weights)
-    return curve, weights
+    """Rewrite the pictures in directory (the learning curve only if the log exists); returns their paths."""
+    written = []
+    if os.path.exists(log_path):
+        written.append(os.path.join(directory, CURVE_FILE))
+        learning_curve(log_path, written[-1])
+    written.append(os.path.join(directory, WEIGHTS_FILE))
+    weights_image(W1, written[-1])
+    return written

@@ -392,17 +392,14 @@ def watch_agent(args):
         checkpoint.save(args.export, agent)
         print(f"wrote {args.export}")
     elif args.plot:
-        directory = args.checkpoint_dir
-        os.makedirs(directory, exist_ok=True)
-        log = os.path.join(directory, LOG_FILE)
+        os.makedirs(args.checkpoint_dir, exist_ok=True)
         try:
-            if os.path.exists(log):
-                plots.learning_curve(log, os.path.join(directory, plots.CURVE_FILE))
-                print(f"wrote {os.path.join(directory, plots.CURVE_FILE)}")
-            plots.weights_image(state["model"]["W1"], os.path.join(directory, plots.WEIGHTS_FILE))
-            print(f"wrote {os.path.join(directory, plots.WEIGHTS_FILE)}")
+            written = plots.refresh(args.checkpoint_dir, state["model"]["W1"],
+                                    os.path.join(args.checkpoint_dir, LOG_FILE))
         except ImportError as e:
             fail(e)
+        for picture in written:
+            print(f"wrote {picture}")
     elif args.eval:
         print(f"evaluating over {args.eval} games per policy on {args.workers} worker(s)")
         watch.print_evaluation(watch.evaluate(weights, args.eval, args.seed, args.workers))
