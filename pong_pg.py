@@ -389,7 +389,10 @@ def watch_agent(args):
           f"running mean {state.get('running_mean') or 0:+.2f}")
     if args.export:
         agent = {k: state[k] for k in ("hyper", "model", "episode", "total_steps", "running_mean") if k in state}
-        checkpoint.save(args.export, agent)
+        try:
+            checkpoint.save(args.export, agent)
+        except OSError as e:
+            fail(f"cannot write {args.export}: {e.strerror or e}")
         print(f"wrote {args.export}")
     elif args.plot:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
