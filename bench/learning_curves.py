@@ -6,6 +6,7 @@ time, so each has the whole machine, as a user's run would.
 
     python bench/learning_curves.py --seeds 0 1 2                  # the defaults, 3 seeds
     python bench/learning_curves.py --lr 1e-3 2e-3 --seeds 0 1 2   # compare learning rates
+    python bench/learning_curves.py --decay-rate 0.9 --seeds 0 1 2 # or RMSProp decays, or --workers 2 4
 
 Writes into --out: one run directory per (setting, seed) with its checkpoint and log (an interrupted
 study resumes the runs it had begun), results.md (time, episodes and steps to the target per run) and
@@ -93,7 +94,7 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--lr", type=float, nargs="+", default=[None], help="learning rates (default: pong_pg's)")
     ap.add_argument("--decay-rate", type=float, nargs="+", default=[None], help="RMSProp decays")
-    ap.add_argument("--workers", type=int, help="workers (default: pong_pg's, the cores)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[None], help="worker counts (default: pong_pg's, the cores)")
     ap.add_argument("--target", type=float, default=0.0, help="running mean to reach (default: %(default)s)")
     ap.add_argument("--minutes", type=float, default=30, help="give up after this much training time")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "learning_curves"))
@@ -101,25 +102,25 @@ def main():
     args = ap.parse_args()
 
     results = []
-    for lr in args.lr:
-        for decay in args.decay_rate:
-            flags, names = [], []
-            if lr is not None:
-                flags += ["--lr", str(lr)]; names.append(f"lr {lr:g}")
-            if decay is not None:
-                flags += ["--decay-rate", str(decay)]; names.append(f"decay {decay:g}")
-            if args.workers:
-                flags += ["--workers", str(args.workers)]; names.append(f"{args.workers} workers")
-            setting = ", ".join(names) or "defaults"
-            for seed in args.seeds:
-                directory = os.path.join(args.out, (setting.replace(", ", "_").replace(" ", "")) + f"_seed{seed}")
-                os.makedirs(directory, exist_ok=True)
-                if args.report_only:
-                    rows = read_log(os.path.join(directory, "log.csv"))
-                else:
-                    rows = run_until(directory, flags + ["--seed", str(seed)], args.target, args.minutes)
-                results.append({"setting": setting, "seed": seed, "rows": rows,
-                                "hit": first_reaching(rows, args.target)})
+    settings = [(lr, decay, workers) for lr in args.lr for decay in args.decay_rate for workers in args.workers]
+    for lr, decay, workers in settings:
+        flags, names = [], []
+        if lr is not None:
+            flags += ["--lr", str(lr)]; names.append(f"lr {lr:g}")
+        if decay is not None:
+            flags += ["--decay-rate", str(decay)]; names.append(f"decay {decay:g}")
+        if workers is not None:
+            flags += ["--workers", str(workers)]; names.append(f"{workers} workers")
+        setting = ", ".join(names) or "defaults"
+        for seed in args.seeds:
+            directory = os.path.join(args.out, (setting.replace(", ", "_").replace(" ", "")) + f"_seed{seed}")
+            os.makedirs(directory, exist_ok=True)
+            if args.report_only:
+                rows = read_log(os.path.join(directory, "log.csv"))
+            else:
+                rows = run_until(directory, flags + ["--seed", str(seed)], args.target, args.minutes)
+            results.append({"setting": setting, "seed": seed, "rows": rows,
+                            "hit": first_reaching(rows, args.target)})
 
     lines = [f"| setting | seed | minutes to running mean >= {args.target:g} | episodes | agent steps |",
              "|---|---:|---:|---:|---:|"]
