@@ -19,6 +19,28 @@ def preprocess(frame):
     return image.reshape(SIDE, SIDE)
 
 
+UNKNOWN = 2                   # a colour table's entry for a palette index not seen yet
+
+
+def new_color_table():
+    """Palette index -> 1 (paddle or ball), 0 (background) or UNKNOWN: filled in as colours appear."""
+    return np.full(256, UNKNOWN, np.uint8)
+
+
+def preprocess_screen(screen, colors, rgb_frame):
+    """The same 80x80 bool image as preprocess(), read from ALE's palette-index screen (210x160 uint8):
+    no RGB conversion, a third of the bytes. colors: a table from new_color_table(); the first time a
+    palette index shows up in the field, rgb_frame() gives the RGB frame to learn its red value from."""
+    image = colors.take(screen[35:195:2, ::2].ravel())
+    if image.max() == UNKNOWN:
+        frame = rgb_frame()
+        for index in np.unique(screen[35:195][colors[screen[35:195]] == UNKNOWN]):
+            red = frame[screen == index][0, 0]                      # every palette index has one colour
+            colors[index] = red not in BACKGROUND
+        image = colors.take(screen[35:195:2, ::2].ravel())
+    return image.view(bool).reshape(SIDE, SIDE)
+
+
 def sparse_difference(current, previous):
     """Two 80x80 bool images -> (flat indices, turned_on) of the pixels where current - previous is
     nonzero: the difference is +1 where turned_on, -1 elsewhere. previous=None (an episode's first

@@ -12,17 +12,22 @@ from multiprocessing.connection import wait
 import numpy as np
 
 from policy import forward_sparse
-from preprocess import difference_values, preprocess, sparse_difference
+from preprocess import difference_values, new_color_table, preprocess_screen, sparse_difference
 
 ENV_ID = "ALE/Pong-v5"
 UP, DOWN = 2, 3               # Pong's minimal action set: RIGHT moves the paddle up, LEFT down
 
 
-def make_env(render_mode=None):
+def make_env(render_mode=None, obs_type="ram"):
+    """ALE/Pong-v5. Steps return the 128-byte RAM by default: play_episode reads ALE's palette-index
+    screen itself, which skips the 26 us RGB conversion of every frame. obs_type="rgb" for RGB frames."""
     import ale_py
     import gymnasium
     gymnasium.register_envs(ale_py)
-    return gymnasium.make(ENV_ID, render_mode=render_mode)
+    return gymnasium.make(ENV_ID, render_mode=render_mode, obs_type=obs_type)
+
+
+COLORS = new_color_table()    # palette index -> paddle/ball or background; the same for every Pong env
 
 
 def env_seed(*keys):
@@ -55,19 +60,22 @@ def play_episode(env, weights, rng, greedy=False, on_step=None, max_steps=None):
     """Play one episode with the policy weights {"W1T": W1.T contiguous, "W2"}; return it as an Episode.
 
     Actions are sampled from P(UP) unless greedy (UP when P(UP) > 0.5). on_step(frame, episode_so_far)
-    is called with every raw frame, for recording. max_steps cuts the game short."""
-    obs, _ = env.reset()
+    is called with every RGB frame, for recording. max_steps cuts the game short."""
+    env.reset()
+    ale = env.unwrapped.ale
+    screen = np.empty((210, 160), np.uint8)
     previous = None
     idx_parts, on_parts, ups, rewards = [], [], [], []
     while True:
         if on_step is not None:
-            on_step(obs, rewards)
-        current = preprocess(obs)
+            on_step(ale.getScreenRGB(), rewards)
+        ale.getScreen(screen)                                   # palette indices, into our buffer
+        current = preprocess_screen(screen, COLORS, ale.getScreenRGB)
         idx, turned_on = sparse_difference(current, previous)
         previous = current
         p_up = forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(turned_on))
         up = p_up > 0.5 if greedy else rng.random() < p_up     # sample the action
-        obs, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
+        _, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
         idx_parts.append(idx.astype(np.int16)); on_parts.append(turned_on)
         ups.append(up); rewards.append(reward)
         if terminated or truncated or len(ups) == max_steps:

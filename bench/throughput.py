@@ -1,6 +1,7 @@
 """Training throughput, measured in one run on this machine: agent steps per second and peak memory of
 
-  (a) the bare emulator: N processes stepping ALE/Pong-v5 with random UP/DOWN actions (the ceiling),
+  (a) the bare emulator: N processes stepping ALE/Pong-v5 with random UP/DOWN actions and reading the
+      screen as pong_pg does (ALE's palette indices, no RGB conversion): the ceiling,
   (b) a reference-equivalent trainer: the 2016 pong.py approach (one process, float64, dense W1 @ x
       on every frame, each episode kept as dense float64 arrays, dense backward pass),
   (c) this project's trainer: `python pong_pg.py --workers N`.
@@ -73,12 +74,15 @@ def run_measuring_memory(cmd, **kwargs):
 # ---------------------------------------------------------------- (a) the bare emulator
 
 def _random_player(seconds, seed, result):
+    """Step the game as pong_pg's workers do (ALE's palette screen copied out each step) with no policy."""
     env = make_env()
     env.reset(seed=seed)
+    screen = np.empty((210, 160), np.uint8)
     rng = np.random.default_rng(seed)
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         _, _, terminated, truncated, _ = env.step(UP if rng.random() < 0.5 else DOWN)
+        env.unwrapped.ale.getScreen(screen)
         steps += 1
         if terminated or truncated:
             env.reset()
@@ -118,7 +122,7 @@ def reference_trainer(seconds):
     model = {"W1": rng.standard_normal((H, D)) / np.sqrt(D), "W2": rng.standard_normal(H) / np.sqrt(H)}
     grad_buffer = {k: np.zeros_like(v) for k, v in model.items()}
     cache = {k: np.zeros_like(v) for k, v in model.items()}
-    env = make_env()
+    env = make_env(obs_type="rgb")                   # 2016: every step returns the RGB frame
     obs, _ = env.reset(seed=0)
     prev, xs, hs, dlogps, rewards = None, [], [], [], []
     steps, episodes, start = 0, 0, time.perf_counter()

@@ -12,18 +12,24 @@ from rollout import DOWN, UP, make_env  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def real_frames():
-    """The raw frames of the first 400 steps of a real ALE/Pong-v5 game with random UP/DOWN actions."""
-    env = make_env()
+def real_game():
+    """The first 400 steps of a real ALE/Pong-v5 game with random UP/DOWN actions: the RGB frames and
+    ALE's palette-index screens of the same steps."""
+    env = make_env(obs_type="rgb")
     obs, _ = env.reset(seed=123)
     rng = np.random.default_rng(0)
-    frames = [obs]
+    frames, screens = [obs], [env.unwrapped.ale.getScreen()]
     for _ in range(400):
         obs, _, terminated, truncated, _ = env.step(UP if rng.random() < 0.5 else DOWN)
-        frames.append(obs)
+        frames.append(obs); screens.append(env.unwrapped.ale.getScreen())
         assert not (terminated or truncated)
     env.close()
-    return frames
+    return frames, screens
+
+
+@pytest.fixture(scope="session")
+def real_frames(real_game):
+    return real_game[0]
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 import numpy as np
 
-from preprocess import BACKGROUND, dense_difference, difference_values, preprocess, sparse_difference
+from preprocess import (BACKGROUND, UNKNOWN, dense_difference, difference_values, new_color_table, preprocess,
+                        preprocess_screen, sparse_difference)
 
 
 def test_preprocessed_frame_is_80x80_binary(real_frames):
@@ -43,3 +44,19 @@ def test_sparse_difference_equals_dense_difference(real_frames):
         np.testing.assert_array_equal(sparse, dense)
         nonzero.append(len(idx))
     assert 0 < np.mean(nonzero) < 100                          # difference frames are sparse
+
+
+def test_the_palette_screen_gives_the_same_image_as_the_rgb_frame(real_game):
+    frames, screens = real_game
+    colors, lookups = new_color_table(), []
+
+    def rgb_frame(frame):
+        lookups.append(1)
+        return frame
+    for frame, screen in zip(frames, screens):
+        image = preprocess_screen(screen, colors, lambda: rgb_frame(frame))
+        np.testing.assert_array_equal(image, preprocess(frame))
+    # a colour is learned from the frame it first appears in, then read from the table
+    seen = np.unique(np.concatenate([screen[35:195].ravel() for screen in screens]))
+    np.testing.assert_array_equal(np.flatnonzero(colors != UNKNOWN), seen)
+    assert 1 <= len(lookups) <= len(seen)
