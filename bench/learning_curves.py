@@ -15,6 +15,7 @@ learning_curves.png (running mean against wall time). Existing finished runs are
 import argparse
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,57 +90,92 @@ def plot(results, target, path):
     plt.close(fig)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--lr", type=float, nargs="+", default=[None], help="learning rates (default: pong_pg's)")
-    ap.add_argument("--decay-rate", type=float, nargs="+", default=[None], help="RMSProp decays")
-    ap.add_argument("--workers", type=int, nargs="+", default=[None], help="worker counts (default: pong_pg's, the cores)")
-    ap.add_argument("--target", type=float, default=0.0, help="running mean to reach (default: %(default)s)")
-    ap.add_argument("--minutes", type=float, default=30, help="give up after this much training time")
-    ap.add_argument("--out", default=os.path.join(ROOT, "runs", "learning_curves"))
-    ap.add_argument("--report-only", action="store_true", help="train nothing: report the runs in --out")
-    args = ap.parse_args()
+def run_directory(out, setting, seed):
+    return os.path.join(out, setting.replace(", ", "_").replace(" ", "") + f"_seed{seed}")
 
-    results = []
-    settings = [(lr, decay, workers) for lr in args.lr for decay in args.decay_rate for workers in args.workers]
-    for lr, decay, workers in settings:
-        flags, names = [], []
-        if lr is not None:
-            flags += ["--lr", str(lr)]; names.append(f"lr {lr:g}")
-        if decay is not None:
-            flags += ["--decay-rate", str(decay)]; names.append(f"decay {decay:g}")
-        if workers is not None:
-            flags += ["--workers", str(workers)]; names.append(f"{workers} workers")
-        setting = ", ".join(names) or "defaults"
-        for seed in args.seeds:
-            directory = os.path.join(args.out, (setting.replace(", ", "_").replace(" ", "")) + f"_seed{seed}")
-            os.makedirs(directory, exist_ok=True)
-            if args.report_only:
-                rows = read_log(os.path.join(directory, "log.csv"))
-            else:
-                rows = run_until(directory, flags + ["--seed", str(seed)], args.target, args.minutes)
-            results.append({"setting": setting, "seed": seed, "rows": rows,
-                            "hit": first_reaching(rows, args.target)})
 
-    lines = [f"| setting | seed | minutes to running mean >= {args.target:g} | episodes | agent steps |",
+def setting_of(name):
+    """'lr0.002_4workers_seed1' -> ('lr 0.002, 4 workers', 1): the inverse of run_directory."""
+    parts, seed = name.rsplit("_seed", 1)
+    words = [re.sub(r"(?<=[a-z])(?=[\d.])|(?<=\d)(?=[a-z])", " ", part) for part in parts.split("_")]
+    return ", ".join(words), int(seed)
+
+
+def planned_runs(args):
+    """(setting, seed, flags) for every combination of the candidates given on the command line."""
+    for lr in args.lr:
+        for decay in args.decay_rate:
+            for workers in args.workers:
+                flags, names = [], []
+                if lr is not None:
+                    flags += ["--lr", str(lr)]; names.append(f"lr {lr:g}")
+                if decay is not None:
+                    flags += ["--decay-rate", str(decay)]; names.append(f"decay {decay:g}")
+                if workers is not None:
+                    flags += ["--workers", str(workers)]; names.append(f"{workers} workers")
+                for seed in args.seeds:
+                    yield ", ".join(names) or "defaults", seed, flags + ["--seed", str(seed)]
+
+
+def report(results, target, out):
+    lines = [f"| setting | seed | minutes to running mean >= {target:g} | episodes | agent steps |",
              "|---|---:|---:|---:|---:|"]
     for r in results:
         hit = r["hit"]
         if hit:
             lines.append(f"| {r['setting']} | {r['seed']} | {float(hit['wall_seconds']) / 60:.1f} | "
-                         f"{hit['episode']} | {int(hit['total_steps']):,} |")
+                         f"{int(hit['episode']):,} | {int(hit['total_steps']):,} |")
         elif r["rows"]:
             last = r["rows"][-1]
             lines.append(f"| {r['setting']} | {r['seed']} | not within {float(last['wall_seconds']) / 60:.1f} "
-                         f"(reached {float(last['running_mean']):+.1f}) | {last['episode']} | "
+                         f"(reached {float(last['running_mean']):+.1f}) | {int(last['episode']):,} | "
                          f"{int(last['total_steps']):,} |")
+    lines += ["", f"| setting | runs reaching {target:g} | median minutes | median agent steps |",
+              "|---|---:|---:|---:|"]
+    for setting in dict.fromkeys(r["setting"] for r in results):
+        runs = [r for r in results if r["setting"] == setting and r["rows"]]
+        # a run that missed the target counts as slower than every run that reached it
+        minutes = sorted(float(r["hit"]["wall_seconds"]) / 60 if r["hit"] else float("inf") for r in runs)
+        steps = sorted(int(r["hit"]["total_steps"]) if r["hit"] else float("inf") for r in runs)
+        if runs:
+            median = len(runs) // 2
+            lines.append(f"| {setting} | {sum(bool(r['hit']) for r in runs)} of {len(runs)} | "
+                         + (f"{minutes[median]:.1f} | {steps[median]:,} |" if minutes[median] < float("inf")
+                            else "not reached | not reached |"))
     table = "\n".join(lines)
     print(table)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
+    with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table + "\n")
-    plot(results, args.target, os.path.join(args.out, "learning_curves.png"))
-    print(f"wrote {os.path.join(args.out, 'results.md')} and learning_curves.png")
+    plot(results, target, os.path.join(out, "learning_curves.png"))
+    print(f"wrote {os.path.join(out, 'results.md')} and learning_curves.png")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--lr", type=float, nargs="+", default=[None], help="learning rates (default: pong_pg's)")
+    ap.add_argument("--decay-rate", type=float, nargs="+", default=[None], help="RMSProp decays")
+    ap.add_argument("--workers", type=int, nargs="+", default=[None], help="worker counts (default: pong_pg's)")
+    ap.add_argument("--target", type=float, default=0.0, help="running mean to reach (default: %(default)s)")
+    ap.add_argument("--minutes", type=float, default=30, help="give up after this much training time")
+    ap.add_argument("--out", default=os.path.join(ROOT, "runs", "learning_curves"))
+    ap.add_argument("--report-only", action="store_true", help="train nothing: report every run in --out")
+    args = ap.parse_args()
+
+    results = []
+    if args.report_only:
+        runs = sorted(setting_of(name) + (name,) for name in os.listdir(args.out) if "_seed" in name)
+        runs.sort(key=lambda run: (run[0] != "defaults", run[0], run[1]))      # the defaults first
+        for setting, seed, name in runs:
+            rows = read_log(os.path.join(args.out, name, "log.csv"))
+            results.append({"setting": setting, "seed": seed, "rows": rows, "hit": first_reaching(rows, args.target)})
+    else:
+        for setting, seed, flags in planned_runs(args):
+            directory = run_directory(args.out, setting, seed)
+            os.makedirs(directory, exist_ok=True)
+            rows = run_until(directory, flags, args.target, args.minutes)
+            results.append({"setting": setting, "seed": seed, "rows": rows, "hit": first_reaching(rows, args.target)})
+    report(results, args.target, args.out)
 
 
 if __name__ == "__main__":
