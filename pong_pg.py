@@ -37,6 +37,7 @@ GAMMA = 0.99            # reward discount
 DECAY_RATE = 0.9        # RMSProp decay of the squared-gradient average (2016: 0.99; 0.9 never stalled, README)
 EPSILON = 1e-5          # RMSProp: avoids division by zero
 SAVE_EVERY = 100        # episodes between checkpoints
+PICTURES_EVERY = 300    # seconds between redrawing the pictures at a checkpoint (a drawing takes ~0.7 s)
 RUNNING_MEAN_DECAY = 0.99   # the running mean score: 0.99 * old + 0.01 * episode score
 
 CHECKPOINT_FILE = "pong_pg.pkl"
@@ -260,10 +261,10 @@ def train(args, state, paths):
     batch = BatchGradient.from_state(state["batch"]) if state["batch"] else BatchGradient(hyper["hidden"])
     target = state["episode"] + args.episodes if args.episodes else None
     session_start, wall_before = time.time(), state["wall_seconds"]
-    last_save = state["episode"]
+    last_save, last_pictures = state["episode"], 0.0     # pictures: at the first checkpoint, then every 5 min
     update_start, update_steps, batch_lag = time.time(), 0, 0
 
-    def save(reason):
+    def save(reason, pictures=True):
         state["wall_seconds"] = wall_before + time.time() - session_start
         state["batch"] = batch.state() if batch.episodes else None
         try:
@@ -273,7 +274,8 @@ def train(args, state, paths):
                   f"intact, trying again at the next save", file=sys.stderr)
             return False
         print(f"saved {paths['checkpoint']} at episode {state['episode']} ({reason})")
-        refresh_plots(paths, model["W1"])
+        if pictures:
+            refresh_plots(paths, model["W1"])
         return True
 
     log, writer = open_log(paths["log"])
@@ -343,8 +345,10 @@ def train(args, state, paths):
                 if wanted():
                     assign(worker)      # with the new weights, before the slower save
                 if state["episode"] - last_save >= args.save_every:
-                    if save(f"every {args.save_every} episodes"):
+                    pictures = time.time() - last_pictures >= PICTURES_EVERY  # the workers wait while we draw
+                    if save(f"every {args.save_every} episodes", pictures):
                         last_save = state["episode"]
+                        last_pictures = time.time() if pictures else last_pictures
     except FloatingPointError as e:
         pool.close()
         log.close()

@@ -29,7 +29,7 @@ def png_size(path):
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def test_pictures_are_refreshed_at_each_checkpoint(trained):
+def test_pictures_are_drawn_while_training(trained):
     assert png_size(trained / "learning_curve.png") == (1200, 450)
     assert png_size(trained / "weights.png") == (20 * 82 + 2, 10 * 82 + 2)   # 200 tiles of 80x80
 
