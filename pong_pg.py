@@ -348,7 +348,8 @@ def train(args, state, paths):
                     pictures = time.time() - last_pictures >= PICTURES_EVERY  # the workers wait while we draw
                     if save(f"every {args.save_every} episodes", pictures):
                         last_save = state["episode"]
-                        last_pictures = time.time() if pictures else last_pictures
+                        if pictures:
+                            last_pictures = time.time()
     except FloatingPointError as e:
         pool.close()
         log.close()

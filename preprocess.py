@@ -9,11 +9,12 @@ import numpy as np
 SIDE = 80                     # preprocessed frames are SIDE x SIDE
 D = SIDE * SIDE               # input dimension of the policy network
 BACKGROUND = (144, 109)       # red-channel values of the two background shades
+FIELD = slice(35, 195)        # the rows of the playing field (the 2016 crop: no score, no bottom border)
 
 
 def preprocess(frame):
     """210x160x3 uint8 frame -> 80x80 bool image: True where a paddle or the ball is."""
-    img = frame[35:195:2, ::2, 0].ravel()               # crop the field, downsample by 2, red channel
+    img = frame[FIELD][::2, ::2, 0].ravel()             # crop the field, downsample by 2, red channel
     image = img != BACKGROUND[0]                        # (ravel first: a contiguous copy compares 2x faster)
     image &= img != BACKGROUND[1]                       # erase background, everything else is 1
     return image.reshape(SIDE, SIDE)
@@ -31,13 +32,14 @@ def preprocess_screen(screen, colors, rgb_frame):
     """The same 80x80 bool image as preprocess(), read from ALE's palette-index screen (210x160 uint8):
     no RGB conversion, a third of the bytes. colors: a table from new_color_table(); the first time a
     palette index shows up in the field, rgb_frame() gives the RGB frame to learn its red value from."""
-    image = colors.take(screen[35:195:2, ::2].ravel())
+    pixels = screen[FIELD][::2, ::2].ravel()            # crop the field, downsample by 2
+    image = colors.take(pixels)
     if image.max() == UNKNOWN:
-        frame = rgb_frame()
-        for index in np.unique(screen[35:195][colors[screen[35:195]] == UNKNOWN]):
+        frame, field = rgb_frame(), screen[FIELD]
+        for index in np.unique(field[colors[field] == UNKNOWN]):
             red = frame[screen == index][0, 0]                      # every palette index has one colour
             colors[index] = red not in BACKGROUND
-        image = colors.take(screen[35:195:2, ::2].ravel())
+        image = colors.take(pixels)
     return image.view(bool).reshape(SIDE, SIDE)
 
 

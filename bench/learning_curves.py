@@ -121,7 +121,7 @@ def report(results, target, out):
     lines = [f"| setting | seed | minutes to running mean >= {target:g} | episodes | agent steps |",
              "|---|---:|---:|---:|---:|"]
     for r in results:
-        hit = r["hit"]
+        r["hit"] = hit = first_reaching(r["rows"], target)
         if hit:
             lines.append(f"| {r['setting']} | {r['seed']} | {float(hit['wall_seconds']) / 60:.1f} | "
                          f"{int(hit['episode']):,} | {int(hit['total_steps']):,} |")
@@ -164,17 +164,17 @@ def main():
 
     results = []
     if args.report_only:
-        runs = sorted(setting_of(name) + (name,) for name in os.listdir(args.out) if "_seed" in name)
-        runs.sort(key=lambda run: (run[0] != "defaults", run[0], run[1]))      # the defaults first
+        runs = sorted((setting_of(name) + (name,) for name in os.listdir(args.out) if "_seed" in name),
+                      key=lambda run: (run[0] != "defaults", run[0], run[1]))      # the defaults first
         for setting, seed, name in runs:
             rows = read_log(os.path.join(args.out, name, "log.csv"))
-            results.append({"setting": setting, "seed": seed, "rows": rows, "hit": first_reaching(rows, args.target)})
+            results.append({"setting": setting, "seed": seed, "rows": rows})
     else:
         for setting, seed, flags in planned_runs(args):
             directory = run_directory(args.out, setting, seed)
             os.makedirs(directory, exist_ok=True)
             rows = run_until(directory, flags, args.target, args.minutes)
-            results.append({"setting": setting, "seed": seed, "rows": rows, "hit": first_reaching(rows, args.target)})
+            results.append({"setting": setting, "seed": seed, "rows": rows})
     report(results, args.target, args.out)
 
 

@@ -77,12 +77,12 @@ def _random_player(seconds, seed, result):
     """Step the game as pong_pg's workers do (ALE's palette screen copied out each step) with no policy."""
     env = make_env()
     env.reset(seed=seed)
-    screen = np.empty((210, 160), np.uint8)
+    ale, screen = env.unwrapped.ale, np.empty((210, 160), np.uint8)
     rng = np.random.default_rng(seed)
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         _, _, terminated, truncated, _ = env.step(UP if rng.random() < 0.5 else DOWN)
-        env.unwrapped.ale.getScreen(screen)
+        ale.getScreen(screen)
         steps += 1
         if terminated or truncated:
             env.reset()
