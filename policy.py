@@ -68,9 +68,9 @@ def backward_dense(model, hs, xs, dlogits):
 def forward_sparse(W1T, W2, idx, vals):
     """P(UP) for one sparse difference frame. W1T = W1.T as a contiguous (6400, H) array,
     so the columns of W1 that the nonzero pixels select are contiguous rows here."""
-    h = vals @ W1T.take(idx, axis=0)              # = W1 @ x, touching only nonzero pixels
+    h = vals.dot(W1T.take(idx, axis=0))           # = W1 @ x, touching only nonzero pixels
     np.maximum(h, 0, out=h)                       # ReLU
-    return 1.0 / (1.0 + math.exp(-min(max(float(h @ W2), -50.0), 50.0)))   # P(UP), clipped like sigmoid
+    return 1.0 / (1.0 + math.exp(-min(max(float(h.dot(W2)), -50.0), 50.0)))   # P(UP), clipped like sigmoid
 
 
 def accumulate_sparse_gradients(W1T, W2, indptr, idx, vals, up, weights, dW1T, dW2):

@@ -12,7 +12,7 @@ from multiprocessing.connection import wait
 import numpy as np
 
 from policy import forward_sparse
-from preprocess import difference_values, new_color_table, preprocess_screen, sparse_difference
+from preprocess import D, difference_values, learn_colors, new_color_table, screen_difference, screen_pixels
 
 ENV_ID = "ALE/Pong-v5"
 UP, DOWN = 2, 3               # Pong's minimal action set: RIGHT moves the paddle up, LEFT down
@@ -64,25 +64,28 @@ def play_episode(env, weights, rng, greedy=False, on_step=None, max_steps=None):
     env.reset()
     ale = env.unwrapped.ale
     screen = np.empty((210, 160), np.uint8)
-    previous = None
+    pixels, previous = np.empty(D, np.uint8), np.empty(D, np.uint8)
+    ale.getScreen(screen)                                       # palette indices, into our buffer
+    screen_pixels(screen, previous)                             # the first step's difference is zero
+    learn_colors(COLORS, previous, screen, ale.getScreenRGB)
     idx_parts, on_parts, ups, rewards = [], [], [], []
     while True:
         if on_step is not None:
             on_step(ale.getScreenRGB(), rewards)
-        ale.getScreen(screen)                                   # palette indices, into our buffer
-        current = preprocess_screen(screen, COLORS, ale.getScreenRGB)
-        idx, turned_on = sparse_difference(current, previous)
-        previous = current
+        ale.getScreen(screen)
+        screen_pixels(screen, pixels)
+        idx, turned_on = screen_difference(pixels, previous, COLORS, screen, ale.getScreenRGB)
+        pixels, previous = previous, pixels
         p_up = forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(turned_on))
         up = p_up > 0.5 if greedy else rng.random() < p_up     # sample the action
         _, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
-        idx_parts.append(idx.astype(np.int16)); on_parts.append(turned_on)
+        idx_parts.append(idx); on_parts.append(turned_on)
         ups.append(up); rewards.append(reward)
         if terminated or truncated or len(ups) == max_steps:
             break
     counts = [len(i) for i in idx_parts]
     return Episode(indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int32),
-                   idx=np.concatenate(idx_parts),
+                   idx=np.concatenate(idx_parts).astype(np.int16),
                    vals=np.concatenate(on_parts).view(np.int8) * np.int8(2) - np.int8(1),  # +1 / -1
                    up=np.array(ups, np.uint8), rewards=np.array(rewards, np.int8))
 

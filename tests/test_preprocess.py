@@ -1,7 +1,7 @@
 import numpy as np
 
-from preprocess import (BACKGROUND, UNKNOWN, dense_difference, difference_values, new_color_table, preprocess,
-                        preprocess_screen, sparse_difference)
+from preprocess import (BACKGROUND, UNKNOWN, dense_difference, difference_values, learn_colors, new_color_table,
+                        preprocess, screen_difference, screen_pixels, sparse_difference)
 
 
 def test_preprocessed_frame_is_80x80_binary(real_frames):
@@ -46,17 +46,28 @@ def test_sparse_difference_equals_dense_difference(real_frames):
     assert 0 < np.mean(nonzero) < 100                          # difference frames are sparse
 
 
-def test_the_palette_screen_gives_the_same_image_as_the_rgb_frame(real_game):
+def test_the_palette_screen_gives_the_same_difference_frames_as_the_rgb_frames(real_game):
     frames, screens = real_game
     colors, lookups = new_color_table(), []
 
     def rgb_frame(frame):
         lookups.append(1)
         return frame
-    for frame, screen in zip(frames, screens):
-        image = preprocess_screen(screen, colors, lambda: rgb_frame(frame))
-        np.testing.assert_array_equal(image, preprocess(frame))
+    previous = np.empty(6400, np.uint8)
+    screen_pixels(screens[0], previous)
+    learn_colors(colors, previous, screens[0], lambda: rgb_frame(frames[0]))
+    changed_pixels = []
+    for before, frame, screen in zip(frames[:-1], frames[1:], screens[1:]):
+        pixels = np.empty(6400, np.uint8)
+        screen_pixels(screen, pixels)
+        idx, on = screen_difference(pixels, previous, colors, screen, lambda: rgb_frame(frame))
+        expected_idx, expected_on = sparse_difference(preprocess(frame), preprocess(before))
+        np.testing.assert_array_equal(idx, expected_idx)
+        np.testing.assert_array_equal(on, expected_on)
+        changed_pixels.append(len(idx))
+        previous = pixels
+    assert np.mean(changed_pixels) > 10
     # a colour is learned from the frame it first appears in, then read from the table
-    seen = np.unique(np.concatenate([screen[35:195].ravel() for screen in screens]))
+    seen = np.unique(np.concatenate([screen[35:195:2, ::2].ravel() for screen in screens]))
     np.testing.assert_array_equal(np.flatnonzero(colors != UNKNOWN), seen)
     assert 1 <= len(lookups) <= len(seen)
