@@ -32,7 +32,10 @@ def new_color_table():
 def screen_pixels(screen, out):
     """ALE's palette-index screen (210x160 uint8) -> out (6400 uint8): the field, every second row and
     column, as preprocess() crops it. Palette indices skip the RGB conversion and are a third of the bytes."""
-    np.copyto(out.reshape(SIDE, SIDE), screen[FIELD][::2, ::2])
+    # every second row of the field, each pair of columns (2c, 2c+1) read as one little-endian 16-bit
+    # number; casting it to 8 bits keeps the low byte, column 2c: 2x faster than copying every second byte
+    pairs = screen.view("<u2")[FIELD][::2]
+    np.copyto(out.reshape(SIDE, SIDE), pairs, casting="unsafe")
 
 
 def learn_colors(colors, pixels, screen, rgb_frame):
