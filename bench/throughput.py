@@ -4,7 +4,9 @@
       screen as pong_pg does (ALE's palette indices, no RGB conversion): the ceiling,
   (b) a reference-equivalent trainer: the 2016 pong.py approach (one process, float64, dense W1 @ x
       on every frame, each episode kept as dense float64 arrays, dense backward pass),
-  (c) this project's trainer: `python pong_pg.py --workers N`.
+  (c) this project's trainer: `python pong_pg.py --workers N`, from a fresh start (a random agent's
+      1,000-step games), and (c') from the shipped agent (games of several thousand steps, as in the
+      hours of an overnight run), learning with a negligible rate so that it stays that good.
 
     python bench/throughput.py [--workers N] [--seconds S]
 
@@ -25,6 +27,8 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+import checkpoint  # noqa: E402
+import pong_pg  # noqa: E402
 from rollout import DOWN, UP, make_env  # noqa: E402
 
 
@@ -157,13 +161,19 @@ def reference_trainer(seconds):
 
 # ---------------------------------------------------------------- (c) this trainer
 
-def this_trainer(workers, seconds):
-    """Train for about `seconds` after start-up, stop with Ctrl-C (SIGINT) as a user would."""
+def this_trainer(workers, seconds, agent=None):
+    """Train for about `seconds` after the first episode, stop with Ctrl-C (SIGINT) as a user would.
+    agent: start from these weights (a trained agent's long games) instead of a fresh network."""
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "log.csv")
-        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "pong_pg.py"), "--quiet",
-                                 "--workers", str(workers), "--checkpoint-dir", tmp],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        cmd = [sys.executable, os.path.join(ROOT, "pong_pg.py"), "--quiet", "--workers", str(workers),
+               "--checkpoint-dir", tmp]
+        if agent is not None:
+            state = pong_pg.new_state(pong_pg.choose_hyperparameters(pong_pg.parse_args([]), None), 0)
+            state["model"] = pong_pg.load_agent(agent)["model"]
+            checkpoint.save(os.path.join(tmp, pong_pg.CHECKPOINT_FILE), state)
+            cmd += ["--resume", "--lr", "1e-12"]    # all the learning work, but the agent stays as good
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         peak = 0
         first_episode_at = None
         while first_episode_at is None or time.time() - first_episode_at < seconds:
@@ -177,7 +187,7 @@ def this_trainer(workers, seconds):
         rows = np.loadtxt(log, delimiter=",", skiprows=1, ndmin=2)
     # steps between the first and the last finished episode, over the time between them
     total_steps, wall = rows[:, 4], rows[:, 6]
-    return (total_steps[-1] - total_steps[0]) / (wall[-1] - wall[0]), peak
+    return (total_steps[-1] - total_steps[0]) / (wall[-1] - wall[0]), peak, rows[1:, 3].mean()
 
 
 def main():
@@ -193,16 +203,20 @@ def main():
     out, b_peak = run_measuring_memory([sys.executable, __file__, "--reference-only", str(args.seconds)])
     b = float(out.strip().splitlines()[-1])
     print(f"(b) reference-equivalent: {b:,.0f} steps/s", flush=True)
-    c, c_peak = this_trainer(args.workers, args.seconds)
-    print(f"(c) pong_pg: {c:,.0f} steps/s\n", flush=True)
+    c, c_peak, c_length = this_trainer(args.workers, args.seconds)
+    print(f"(c) pong_pg from a fresh start: {c:,.0f} steps/s ({c_length:,.0f}-step games)", flush=True)
+    t, t_peak, t_length = this_trainer(args.workers, args.seconds, agent=pong_pg.SHIPPED_AGENT)
+    print(f"(c') pong_pg from the shipped agent: {t:,.0f} steps/s ({t_length:,.0f}-step games)\n", flush=True)
 
     mb = 1024 * 1024
-    print(f"| setup ({args.workers} worker(s), {cores} cores) | steps/s | peak RSS |")
-    print("|---|---:|---:|")
-    print(f"| (a) bare emulator, random UP/DOWN, {args.workers} process(es) | {a:,.0f} | |")
-    print(f"| (b) reference-equivalent (1 process, float64, dense) | {b:,.0f} | {b_peak / mb:,.0f} MB |")
-    print(f"| (c) pong_pg.py --workers {args.workers} | {c:,.0f} | {c_peak / mb:,.0f} MB |")
-    print(f"\nc/a = {c / a:.2f} of the emulator ceiling; c/b = {c / b:.1f}x the reference-equivalent")
+    print(f"| setup ({args.workers} worker(s), {cores} cores) | steps/s | peak RSS | c/a | c/b |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| (a) bare emulator, random UP/DOWN, {args.workers} process(es) | {a:,.0f} | | | |")
+    print(f"| (b) reference-equivalent (1 process, float64, dense) | {b:,.0f} | {b_peak / mb:,.0f} MB | | |")
+    print(f"| (c) pong_pg.py --workers {args.workers}, fresh start ({c_length:,.0f}-step games) | {c:,.0f} | "
+          f"{c_peak / mb:,.0f} MB | {c / a:.2f} | {c / b:.1f} |")
+    print(f"| (c') the same, trained agent ({t_length:,.0f}-step games) | {t:,.0f} | {t_peak / mb:,.0f} MB | "
+          f"{t / a:.2f} | {t / b:.1f} |")
 
 
 if __name__ == "__main__":
