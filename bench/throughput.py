@@ -24,6 +24,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+USER_ENVIRONMENT = dict(os.environ)    # for the subprocesses: importing pong_pg sets one BLAS thread here
 
 import numpy as np  # noqa: E402
 
@@ -173,7 +174,8 @@ def this_trainer(workers, seconds, agent=None):
             state["model"] = pong_pg.load_agent(agent)["model"]
             checkpoint.save(os.path.join(tmp, pong_pg.CHECKPOINT_FILE), state)
             cmd += ["--resume", "--lr", "1e-12"]    # all the learning work, but the agent stays as good
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                env=USER_ENVIRONMENT)
         peak = 0
         first_episode_at = None
         while first_episode_at is None or time.time() - first_episode_at < seconds:
@@ -200,7 +202,8 @@ def main():
     print(f"measuring on {cores} cores with {args.workers} worker(s) ...", flush=True)
     a = bare_emulator(args.workers, args.seconds)
     print(f"(a) bare emulator: {a:,.0f} steps/s", flush=True)
-    out, b_peak = run_measuring_memory([sys.executable, __file__, "--reference-only", str(args.seconds)])
+    out, b_peak = run_measuring_memory([sys.executable, __file__, "--reference-only", str(args.seconds)],
+                                       env=USER_ENVIRONMENT)     # the reference as a user runs it: BLAS on all cores
     b = float(out.strip().splitlines()[-1])
     print(f"(b) reference-equivalent: {b:,.0f} steps/s", flush=True)
     c, c_peak, c_length = this_trainer(args.workers, args.seconds)
