@@ -217,9 +217,9 @@ def main():
     print(f"| (a) bare emulator, random UP/DOWN, {args.workers} process(es) | {a:,.0f} | | | |")
     print(f"| (b) reference-equivalent (1 process, float64, dense) | {b:,.0f} | {b_peak / mb:,.0f} MB | | |")
     print(f"| (c) pong_pg.py --workers {args.workers}, fresh start ({c_length:,.0f}-step games) | {c:,.0f} | "
-          f"{c_peak / mb:,.0f} MB | {c / a:.2f} | {c / b:.1f} |")
+          f"{c_peak / mb:,.0f} MB | {c / a:.2f} | {c / b:.2f} |")
     print(f"| (c') the same, trained agent ({t_length:,.0f}-step games) | {t:,.0f} | {t_peak / mb:,.0f} MB | "
-          f"{t / a:.2f} | {t / b:.1f} |")
+          f"{t / a:.2f} | {t / b:.2f} |")
 
 
 if __name__ == "__main__":
