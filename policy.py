@@ -83,17 +83,17 @@ def accumulate_sparse_gradients(W1T, W2, indptr, idx, vals, up, weights, dW1T, d
     Slices of CHUNK_STEPS steps touch a few hundred distinct pixels: we gather those columns of W1
     into a small dense problem, so the work is a few small matrix products per slice."""
     H, K, dtype = W1T.shape[1], weights.shape[1], W1T.dtype
-    step_of = np.repeat(np.arange(len(up)), np.diff(indptr))        # the step of each nonzero pixel
     column = np.empty(D, np.intp)                                    # pixel -> its column in X
     for a in range(0, len(up), CHUNK_STEPS):
         b = min(a + CHUNK_STEPS, len(up))
         ea, eb = indptr[a], indptr[b]
+        rows = np.repeat(np.arange(b - a), np.diff(indptr[a:b + 1]))  # step of each nonzero pixel
         touched = np.zeros(D, bool)
         touched[idx[ea:eb]] = True
         pixels = touched.nonzero()[0]                                # the pixels this slice touches
         column[pixels] = np.arange(len(pixels))                      # (a table: 2x faster than np.unique)
         X = np.zeros((b - a, len(pixels)), dtype)                    # the slice's frames, those pixels only
-        X[step_of[ea:eb] - a, column[idx[ea:eb]]] = vals[ea:eb]
+        X[rows, column[idx[ea:eb]]] = vals[ea:eb]
         h = np.maximum(X @ W1T[pixels], 0)                           # h_t = relu(W1 x_t)
         p = sigmoid(h @ W2)
         dlogit = ((up[a:b] - p)[:, None] * weights[a:b]).astype(dtype)   # (steps, K): w_tk * (y_t - p_t)
