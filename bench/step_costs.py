@@ -26,6 +26,7 @@ from policy import forward_sparse, init_model  # noqa: E402
 from pong_pg import snapshot  # noqa: E402
 from preprocess import D, difference_values, learn_colors, screen_difference, screen_pixels  # noqa: E402
 from rollout import COLORS, DOWN, UP, make_env, play_episode  # noqa: E402
+from throughput import children_by_parent  # noqa: E402  (bench/, this script's folder)
 
 PIECES = ["the emulator (env.step, random UP/DOWN)", "+ read the palette screen", "+ downsample it to 80x80",
           "+ the sparse difference frame", "+ the sparse forward pass", "+ keep the step", "play_episode itself"]
@@ -73,19 +74,6 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
 
 
-def children(pid):
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
 def training_run(seconds):
     """CPU microseconds per agent step of each process of `pong_pg.py` over `seconds` of training."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,8 +82,9 @@ def training_run(seconds):
                                  "--checkpoint-dir", tmp], cwd=ROOT, stdout=subprocess.DEVNULL)
         while not (os.path.exists(log) and os.path.getsize(log) > 80):    # the first episode is in
             time.sleep(0.05)
-        pids = [proc.pid] + [pid for pid in children(proc.pid)            # (not multiprocessing's helper)
-                             if b"resource_tracker" not in open(f"/proc/{pid}/cmdline", "rb").read()]
+        workers = [pid for pid in children_by_parent().get(proc.pid, [])   # (not multiprocessing's tracker)
+                   if b"resource_tracker" not in open(f"/proc/{pid}/cmdline", "rb").read()]
+        pids = [proc.pid] + workers
         steps_before = np.loadtxt(log, delimiter=",", skiprows=1, ndmin=2)[-1, 4]
         before, start = [cpu_seconds(p) for p in pids], time.time()
         time.sleep(seconds)

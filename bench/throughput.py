@@ -35,8 +35,8 @@ from rollout import DOWN, UP, make_env  # noqa: E402
 
 # ---------------------------------------------------------------- memory of a process tree
 
-def _tree_rss_bytes(root_pid):
-    """Resident memory of root_pid and all its descendants, from /proc."""
+def children_by_parent():
+    """{parent pid: [child pids]} for every process, from /proc."""
     children = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -46,6 +46,12 @@ def _tree_rss_bytes(root_pid):
                 children.setdefault(ppid, []).append(int(entry))
             except (OSError, IndexError, ValueError):
                 pass
+    return children
+
+
+def _tree_rss_bytes(root_pid):
+    """Resident memory of root_pid and all its descendants, from /proc."""
+    children = children_by_parent()
     total, todo = 0, [root_pid]
     while todo:
         pid = todo.pop()
