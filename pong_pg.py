@@ -3,42 +3,444 @@
     python pong_pg.py              train until stopped; Ctrl-C saves a checkpoint and exits
     python pong_pg.py --resume     continue from the checkpoint in checkpoints/
 
-A 2-layer network (6400 -> 200 ReLU -> sigmoid P(UP)) reads 80x80 difference frames. Worker
-processes play episodes on every core; this process turns every batch of 10 episodes into one
-RMSProp step on the REINFORCE gradient, with discounted returns standardized over the batch.
+A 2-layer network (6400 -> 200 ReLU -> sigmoid P(UP)) reads 80x80 difference frames, samples UP or
+DOWN, and learns with REINFORCE: discounted returns, standardized over each batch of 10 episodes, a
+hand-written backward pass, RMSProp. The file follows the 2016 "Pong from Pixels" script: the
+algorithm first (each step in its plain form, then the faster form the trainer runs, computing the
+same numbers), the training loop, and the book-keeping (command line, checkpoints, log) last.
 """
-import argparse
-import csv
 import os
 import signal
 import sys
-import time
+
+
+class Stop:
+    """The signal that asked training to stop (SIGINT, SIGTERM, SIGHUP), or None; the training loop
+    checks it between episodes. Installed before anything else loads, so that a stop at any moment
+    of start-up ends the same clean way."""
+    signal = None
+
+    @classmethod
+    def handler(cls, signum, frame):
+        cls.signal = signum
+
+
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+if __name__ == "__main__":
+    for _signum in STOP_SIGNALS:
+        signal.signal(_signum, Stop.handler)
 
 # One BLAS thread per process: the worker processes already keep every core busy, and BLAS threads
-# spinning beside them cost a third of the throughput (measured). Must be set before numpy loads.
+# spinning beside them slow everything down. Must be set before numpy loads.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402  (after the signal handlers and the BLAS setting, on purpose)
+import csv  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 import checkpoint  # noqa: E402
-import plots  # noqa: E402
 import watch  # noqa: E402
 from checkpoint import CheckpointError  # noqa: E402
-from policy import BatchGradient, init_model, rmsprop_step  # noqa: E402
-from preprocess import D  # noqa: E402
-from rollout import WorkerError, WorkerPool  # noqa: E402
+from preprocess import (D, COLORS, difference_values, learn_colors, preprocess,  # noqa: E402
+                        screen_difference, screen_pixels, sparse_difference)
+from workers import WorkerError, WorkerPool, make_env  # noqa: E402
 
-# Hyperparameters (the card's values; each is a flag)
+# ---------------------------------------------------------------- hyperparameters (each is a flag)
 HIDDEN = 200            # hidden units
 BATCH_SIZE = 10         # episodes per parameter update
-LEARNING_RATE = 1e-3    # RMSProp step size
+LEARNING_RATE = 1e-3    # RMSProp step size (the 2016 script: 1e-4)
 GAMMA = 0.99            # reward discount
-DECAY_RATE = 0.9        # RMSProp decay of the squared-gradient average (2016: 0.99; 0.9 never stalled, README)
+DECAY_RATE = 0.9        # RMSProp decay of the squared-gradient average (the 2016 script: 0.99)
 EPSILON = 1e-5          # RMSProp: avoids division by zero
 SAVE_EVERY = 100        # episodes between checkpoints
-PICTURES_EVERY = 300    # seconds between redrawing the pictures at a checkpoint (a drawing takes ~0.7 s)
+PICTURES_EVERY = 300    # seconds between redrawing the pictures at a checkpoint (the learner waits meanwhile)
 RUNNING_MEAN_DECAY = 0.99   # the running mean score: 0.99 * old + 0.01 * episode score
+
+UP, DOWN = 2, 3         # Pong's minimal action set: RIGHT moves our paddle up, LEFT down
+
+
+# ================================================================ ALGORITHM
+#
+# 1. Preprocessing lives in preprocess.py: preprocess(frame) is the 2016 recipe (crop, downsample,
+#    erase the background: an 80x80 image of paddles and ball); the network reads the difference of
+#    two consecutive images, kept sparse (a few dozen of its 6,400 pixels are nonzero).
+#    screen_difference() computes the same difference frames from ALE's palette screens, faster.
+
+# ---------------------------------------------------------------- 2. the policy network
+
+def init_model(hidden, rng):
+    """Xavier-style initialisation, float32. W1 is (hidden, 6400), W2 is (hidden,)."""
+    return {"W1": (rng.standard_normal((hidden, D)) / np.sqrt(D)).astype(np.float32),
+            "W2": (rng.standard_normal(hidden) / np.sqrt(hidden)).astype(np.float32)}
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))    # clipped: no overflow; sigmoid(50) is 1 in float64
+
+
+def policy_forward(model, x):
+    """x (6400,) -> (p = P(UP), h). The plain forward pass, as the 2016 script wrote it."""
+    h = np.maximum(model["W1"] @ x, 0)                   # h = relu(W1 x)
+    return sigmoid(model["W2"] @ h), h                   # p = sigmoid(W2 . h)
+
+
+def policy_forward_sparse(W1T, W2, idx, vals):
+    """The same P(UP) for a sparse difference frame (pixels idx with values vals): W1 @ x reads only
+    the columns of the nonzero pixels. W1T = W1.T contiguous, so those columns are contiguous rows."""
+    h = vals.dot(W1T.take(idx, axis=0))                  # h = W1 x, touching only the nonzero pixels
+    np.maximum(h, 0, out=h)                              # relu
+    return 1.0 / (1.0 + math.exp(-min(max(float(h.dot(W2)), -50.0), 50.0)))   # sigmoid, clipped alike
+
+
+def play_weights(model):
+    """The weights the workers play with, a copy the learner does not change: W1 transposed for
+    policy_forward_sparse, and W2."""
+    return {"W1T": np.ascontiguousarray(model["W1"].T), "W2": model["W2"].copy()}
+
+
+# ---------------------------------------------------------------- 3. playing an episode
+
+@dataclass
+class Episode:
+    """One game, compactly: each step's sparse difference frame (CSR form: step t's pixels are
+    idx[indptr[t]:indptr[t+1]], values vals[...]), whether the action was UP, and its reward.
+    About 100 bytes a step, where a dense float64 frame would take 51 KB."""
+    indptr: np.ndarray        # (T+1,) int32
+    idx: np.ndarray           # (nnz,) int16 flat pixel indices
+    vals: np.ndarray          # (nnz,) int8, +1 (a pixel turned on) or -1 (turned off)
+    up: np.ndarray            # (T,) uint8: 1 if the action was UP
+    rewards: np.ndarray       # (T,) int8: +1 / -1 when a point ends, else 0
+
+    @property
+    def steps(self):
+        return len(self.up)
+
+    @property
+    def score(self):
+        return int(self.rewards.sum())
+
+    @property
+    def frames(self):
+        return self.indptr, self.idx, self.vals
+
+
+def compact_episode(idxs, turned_on, ups, rewards):
+    """Per-step lists of (changed pixels, turned on?), actions and rewards -> an Episode."""
+    counts = [len(i) for i in idxs]
+    return Episode(indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int32),
+                   idx=np.concatenate(idxs).astype(np.int16),
+                   vals=np.concatenate(turned_on).view(np.int8) * np.int8(2) - np.int8(1),   # +1 / -1
+                   up=np.array(ups, np.uint8), rewards=np.array(rewards, np.int8))
+
+
+def play_episode_plain(env, weights, rng, greedy=False):
+    """One episode as the 2016 script plays it, from the RGB frame each step returns (env made with
+    make_env(obs_type="rgb")). play_episode below plays exactly the same game, faster."""
+    observation, _ = env.reset()
+    previous, idxs, turned_on, ups, rewards = None, [], [], [], []
+    while True:
+        current = preprocess(observation)
+        idx, on = sparse_difference(current, previous)              # x = current - previous frame
+        previous = current
+        p_up = policy_forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(on))
+        up = p_up > 0.5 if greedy else rng.random() < p_up          # sample the action ("roll the dice")
+        observation, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
+        idxs.append(idx)
+        turned_on.append(on)
+        ups.append(up)
+        rewards.append(reward)
+        if terminated or truncated:
+            return compact_episode(idxs, turned_on, ups, rewards)
+
+
+def play_episode(env, weights, rng, greedy=False, on_step=None, max_steps=None):
+    """Play one episode with weights = play_weights(model); the same game as play_episode_plain.
+
+    Faster: the env is made with obs_type="ram" (no RGB frame per step), and the difference frame
+    comes from ALE's palette-index screen, of which only the pixels that changed are looked at.
+    on_step(rgb_frame, rewards_so_far) is called before every step (for recording); max_steps cuts
+    the game short; greedy takes UP when P(UP) > 0.5 instead of sampling."""
+    env.reset()
+    ale = env.unwrapped.ale
+    screen = np.empty((210, 160), np.uint8)
+    pixels, previous = np.empty(D, np.uint8), np.empty(D, np.uint8)
+    ale.getScreen(screen)                                            # palette indices, into our buffer
+    screen_pixels(screen, previous)                                  # the first difference is zero
+    learn_colors(COLORS, previous, screen, ale.getScreenRGB)
+    idxs, turned_on, ups, rewards = [], [], [], []
+    while True:
+        if on_step is not None:
+            on_step(ale.getScreenRGB(), rewards)
+        ale.getScreen(screen)
+        screen_pixels(screen, pixels)
+        idx, on = screen_difference(pixels, previous, COLORS, screen, ale.getScreenRGB)
+        pixels, previous = previous, pixels
+        p_up = policy_forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(on))
+        up = p_up > 0.5 if greedy else rng.random() < p_up          # sample the action
+        _, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
+        idxs.append(idx)
+        turned_on.append(on)
+        ups.append(up)
+        rewards.append(reward)
+        if terminated or truncated or len(ups) == max_steps:
+            return compact_episode(idxs, turned_on, ups, rewards)
+
+
+# ---------------------------------------------------------------- 4. discounted returns
+
+def discount_rewards(rewards, gamma):
+    """R_t = r_t + gamma * R_{t+1}, with the running sum reset at every point scored (r != 0)."""
+    returns = np.zeros(len(rewards))
+    running = 0.0
+    for t in reversed(range(len(rewards))):
+        if rewards[t] != 0:
+            running = 0.0           # a point ended here: earlier actions are not credited for later points
+        running = running * gamma + rewards[t]
+        returns[t] = running
+    return returns
+
+
+def standardize(returns):
+    """A_t = (R_t - mean) / std: zero mean, unit standard deviation over all steps of the batch."""
+    return (returns - returns.mean()) / max(returns.std(), 1e-8)
+
+
+# ---------------------------------------------------------------- 5. the backward pass
+#
+# REINFORCE ascends  J = sum_t A_t log pi(a_t | x_t).  With the "fake label" y_t = 1 for UP, 0 for
+# DOWN, d log pi / d logit = y_t - p_t, so the gradient at the logit is dlogit_t = A_t (y_t - p_t).
+
+def policy_backward(model, hs, xs, dlogits):
+    """The plain backward pass, as the 2016 script wrote it. hs (T,H), xs (T,6400), dlogits (T,)."""
+    dW2 = hs.T @ dlogits                          # dJ/dW2 = sum_t dlogit_t h_t
+    dh = np.outer(dlogits, model["W2"])           # back through W2
+    dh[hs <= 0] = 0                               # back through the relu
+    dW1 = dh.T @ xs                               # dJ/dW1 = sum_t dh_t x_t^T
+    return {"W1": dW1, "W2": dW2}
+
+
+CHUNK_STEPS = 128    # steps per slice in the sparse backward pass (bounds its memory)
+
+
+def accumulate_sparse_gradients(W1T, W2, indptr, idx, vals, up, coefs, dW1T, dW2):
+    """The same backward pass on sparse frames, for K weightings at once: adds the gradient of
+    sum_t coefs[t, k] log pi(a_t | x_t) for each column k of coefs (T, K) into dW1T (6400, K*H;
+    column k*H + i is hidden unit i of weighting k) and dW2 (K, H).
+
+    Frames are in CSR form (Episode.frames). A slice of CHUNK_STEPS steps touches a few hundred
+    distinct pixels: their columns of W1 make a small dense problem, a few small matrix products."""
+    H, K, dtype = W1T.shape[1], coefs.shape[1], W1T.dtype
+    column = np.empty(D, np.intp)                                    # pixel -> its column in X
+    for a in range(0, len(up), CHUNK_STEPS):
+        b = min(a + CHUNK_STEPS, len(up))
+        ea, eb = indptr[a], indptr[b]
+        rows = np.repeat(np.arange(b - a), np.diff(indptr[a:b + 1]))  # the step of each nonzero pixel
+        touched = np.zeros(D, bool)
+        touched[idx[ea:eb]] = True
+        pixels = touched.nonzero()[0]                                # the pixels this slice touches
+        column[pixels] = np.arange(len(pixels))
+        X = np.zeros((b - a, len(pixels)), dtype)                    # the slice's frames, those pixels only
+        X[rows, column[idx[ea:eb]]] = vals[ea:eb]
+        h = np.maximum(X @ W1T[pixels], 0)                           # h_t = relu(W1 x_t)
+        p = sigmoid(h @ W2)
+        dlogit = ((up[a:b] - p)[:, None] * coefs[a:b]).astype(dtype)  # (steps, K): c_tk (y_t - p_t)
+        dW2 += dlogit.T @ h                                          # dW2_k += sum_t dlogit_tk h_t
+        dh = (dlogit[:, :, None] * W2) * (h > 0)[:, None, :]         # back through W2 and the relu
+        dW1T[pixels] += X.T @ dh.reshape(b - a, K * H)               # dW1_k += sum_t dh_tk x_t^T
+
+
+# ---------------------------------------------------------------- 6. the batch's gradient
+
+def batch_gradient_plain(model, episodes, gamma):
+    """The gradient of a batch as the 2016 script computes it: every step of the batch's episodes
+    stacked (dense frames), their returns standardized together, one backward pass.
+    episodes: [(xs (T, 6400), up (T,), rewards (T,))], all played with model."""
+    xs = np.concatenate([x for x, _, _ in episodes])
+    up = np.concatenate([u for _, u, _ in episodes])
+    advantages = standardize(np.concatenate([discount_rewards(r, gamma) for _, _, r in episodes]))
+    ps, hs = zip(*(policy_forward(model, x) for x in xs))
+    return policy_backward(model, np.array(hs), xs, advantages * (up - np.array(ps)))
+
+
+class BatchGradient:
+    """The same gradient, without keeping the batch: each episode is added when it arrives and is
+    then dropped, with the weights it was played with (which may be an update older than the newest).
+
+    With A_t = (R_t - mean) / std over the batch and g_t = grad log pi(a_t | x_t):
+        sum_t A_t g_t = (sum_t R_t g_t - mean * sum_t g_t) / std
+    so each episode adds its sum R g, sum g, sum R, sum R^2 and step count. The W1 sums are kept
+    transposed, side by side: sums_W1T[:, :H] = (sum R g).T, sums_W1T[:, H:] = (sum g).T."""
+
+    def __init__(self, hidden):
+        self.sums_W1T = np.zeros((D, 2 * hidden))
+        self.sums_W2 = np.zeros((2, hidden))
+        self.reset()
+
+    def reset(self):
+        """Empty the batch (reusing the arrays: a fresh 20 MB per update would fragment memory)."""
+        self.sums_W1T.fill(0)
+        self.sums_W2.fill(0)
+        self.sum_R = self.sum_R2 = 0.0
+        self.steps = self.episodes = 0
+
+    def add_episode(self, weights, episode, gamma):
+        """weights = play_weights() of the weights episode was played with."""
+        R = discount_rewards(episode.rewards, gamma)
+        accumulate_sparse_gradients(weights["W1T"], weights["W2"], *episode.frames, episode.up,
+                                    np.stack([R, np.ones_like(R)], axis=1), self.sums_W1T, self.sums_W2)
+        self.sum_R += R.sum()
+        self.sum_R2 += (R * R).sum()
+        self.steps += len(R)
+        self.episodes += 1
+
+    def gradient(self):
+        """{"W1", "W2"}: sum_t A_t g_t over the batch."""
+        mean = self.sum_R / self.steps
+        std = max(np.sqrt(max(self.sum_R2 / self.steps - mean * mean, 0.0)), 1e-8)
+        H = self.sums_W2.shape[1]
+        W1T = self.sums_W1T[:, :H] - mean * self.sums_W1T[:, H:]
+        W1T /= std
+        return {"W1": W1T.T, "W2": (self.sums_W2[0] - mean * self.sums_W2[1]) / std}
+
+    def state(self):
+        return dict(vars(self))
+
+    @classmethod
+    def from_state(cls, state):
+        batch = cls.__new__(cls)
+        vars(batch).update(state)
+        return batch
+
+
+# ---------------------------------------------------------------- 7. RMSProp
+
+def rmsprop_step(model, cache, grad, lr, decay, eps):
+    """Gradient ascent with RMSProp: cache = decay*cache + (1-decay)*g^2; W += lr*g/(sqrt(cache)+eps)."""
+    for k in model:
+        g = grad[k].astype(model[k].dtype)
+        cache[k] *= decay
+        cache[k] += (1 - decay) * g * g
+        step = np.sqrt(cache[k])
+        step += eps
+        np.divide(g, step, out=step)
+        step *= lr
+        model[k] += step
+
+
+def update(model, cache, batch, hyper):
+    """One parameter update from a full batch; a non-finite number stops training before it spreads."""
+    grad = batch.gradient()
+    if not all(np.all(np.isfinite(g)) for g in grad.values()):
+        raise FloatingPointError("the gradient is not finite")
+    rmsprop_step(model, cache, grad, hyper["lr"], hyper["decay_rate"], EPSILON)
+    if not all(np.all(np.isfinite(a)) for a in [*model.values(), *cache.values()]):
+        raise FloatingPointError("the weights or the RMSProp cache are not finite")
+
+
+# ---------------------------------------------------------------- 8. the training loop
+
+class Policy(NamedTuple):
+    """Weights to play with (play_weights()), and the number of updates they have had."""
+    version: int
+    weights: dict
+
+
+def train(args, state, paths):
+    """Worker processes play episodes with the newest weights; each finished episode's gradient joins
+    the batch; every batch_size episodes, one RMSProp step. Returns why it ended: "done", a stop
+    signal's name, or a WorkerError."""
+    hyper, model, cache = state["hyper"], state["model"], state["cache"]
+    batch = BatchGradient.from_state(state["batch"]) if state["batch"] else BatchGradient(hyper["hidden"])
+    policy = Policy(state["updates"], play_weights(model))
+    last_episode = state["episode"] + args.episodes if args.episodes else None
+    clock = Clock(state["wall_seconds"])
+    last_save, last_pictures = state["episode"], None
+    window_start, window_steps, lag = time.time(), 0, 0    # book-keeping for the per-update report
+    print(f"training with {args.workers} worker(s), from episode {state['episode'] + 1}; "
+          f"lr {hyper['lr']}, batch {hyper['batch_size']}, gamma {hyper['gamma']}, "
+          f"decay {hyper['decay_rate']}, {hyper['hidden']} hidden units, seed {hyper['seed']}")
+    with WorkerPool(args.workers, play_episode, hyper["seed"], state["next_task"],
+                    render_first=args.render) as pool, EpisodeLog(paths["log"]) as log:
+        try:
+            for worker in pool.idle():
+                if wanted(state, pool, last_episode):
+                    hand_out(pool, worker, state, policy)
+            while pool.busy and Stop.signal is None:
+                # -- collect: the next finished episode, and the weights it was played with
+                result = pool.next_result(timeout=0.2)
+                if result is None:
+                    continue
+                worker, episode, played = result
+                count_episode(state, episode)
+                if batch.episodes + 1 < hyper["batch_size"] and wanted(state, pool, last_episode):
+                    hand_out(pool, worker, state, policy)    # keep it busy while we learn
+
+                # -- learn: the episode's gradient joins the batch
+                batch.add_episode(played.weights, episode, hyper["gamma"])
+                lag = max(lag, policy.version - played.version)
+
+                # -- log
+                window_steps += episode.steps
+                log.append(state, episode, clock.seconds())
+                if not args.quiet:
+                    print(f"episode {state['episode']}: score {episode.score:+d}, running mean "
+                          f"{state['running_mean']:+.2f}, {episode.steps} steps, {clock}")
+
+                # -- update: every batch_size episodes (>=: --batch-size may shrink on resume)
+                if batch.episodes >= hyper["batch_size"]:
+                    update(model, cache, batch, hyper)
+                    state["updates"] += 1
+                    print(f"update {state['updates']}: {batch.steps} steps in {batch.episodes} episodes, "
+                          f"{window_steps / max(time.time() - window_start, 1e-9):,.0f} steps/s, running "
+                          f"mean {state['running_mean']:+.2f}, weights up to {lag} update(s) old, "
+                          f"total {state['total_steps']:,} steps, {clock}")
+                    window_start, window_steps, lag = time.time(), 0, 0
+                    batch.reset()
+                    policy = Policy(state["updates"], play_weights(model))
+                    if wanted(state, pool, last_episode):
+                        hand_out(pool, worker, state, policy)   # with the new weights, before the save
+
+                    # -- save: every save_every episodes; pictures at most every PICTURES_EVERY s
+                    if state["episode"] - last_save >= args.save_every:
+                        pictures = last_pictures is None or time.time() - last_pictures >= PICTURES_EVERY
+                        if save(paths, state, batch, clock, f"every {args.save_every} episodes", pictures):
+                            last_save = state["episode"]
+                            last_pictures = time.time() if pictures else last_pictures
+        except WorkerError as e:
+            if Stop.signal is None:            # a worker killed by the same signal is no failure
+                return e, batch, clock
+    return (signal.Signals(Stop.signal).name if Stop.signal else "done"), batch, clock
+
+
+def wanted(state, pool, last_episode):
+    """Whether another episode should be started (--episodes counts the ones being played too)."""
+    return last_episode is None or state["episode"] + len(pool.busy) < last_episode
+
+
+def hand_out(pool, worker, state, policy):
+    """Give worker the next episode to play (a task number: its random numbers derive from it)."""
+    pool.start(worker, state["next_task"], policy)
+    state["next_task"] += 1
+
+
+def count_episode(state, episode):
+    """The run's counters and the running mean score, after one more episode."""
+    state["episode"] += 1
+    state["total_steps"] += episode.steps
+    previous = state["running_mean"]
+    state["running_mean"] = episode.score if previous is None else (
+        RUNNING_MEAN_DECAY * previous + (1 - RUNNING_MEAN_DECAY) * episode.score)
+
+
+# ================================================================ BOOK-KEEPING
+# Everything below is the program around the algorithm: the command line, the training state and
+# its checkpoints, the per-episode log, watching an agent.
 
 CHECKPOINT_FILE = "pong_pg.pkl"
 LOG_FILE = "log.csv"
@@ -69,11 +471,15 @@ unit_interval = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
 decay_interval = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
+def available_cores():
+    """The cores this process may run on (sched_getaffinity, where the OS has it), else all."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def parse_args(argv=None):
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     p = argparse.ArgumentParser(
         description="Train a numpy policy network to play Pong from pixels (REINFORCE + RMSProp).",
-        epilog="Hyperparameters left unset take the card's values on a new run and the checkpoint's "
+        epilog="Hyperparameters left unset take their defaults on a new run and the checkpoint's "
                "values on --resume.")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     p.add_argument("--checkpoint-dir", default="checkpoints", help="where checkpoints and the log live "
@@ -81,7 +487,7 @@ def parse_args(argv=None):
     p.add_argument("--episodes", type=positive_int, help="stop after this many more episodes, save and "
                    "exit (default: run until stopped)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--workers", type=positive_int, default=cores,
+    p.add_argument("--workers", type=positive_int, default=available_cores(),
                    help="processes playing episodes (default: the cores available, here %(default)s)")
     p.add_argument("--save-every", type=positive_int, default=SAVE_EVERY,
                    help="episodes between checkpoints (default: %(default)s)")
@@ -93,21 +499,21 @@ def parse_args(argv=None):
     p.add_argument("--quiet", action="store_true", help="print only the per-update summaries")
     p.add_argument("--render", action="store_true", help="while training, show one worker's games in a "
                    "window (the others keep training at full speed)")
-    watch = p.add_argument_group("watching a trained agent (the latest checkpoint in --checkpoint-dir, "
+    group = p.add_argument_group("watching a trained agent (the latest checkpoint in --checkpoint-dir, "
                                  "else the shipped agent)")
-    watch.add_argument("--play", action="store_true", help="show the agent playing in a window")
-    watch.add_argument("--record", metavar="FILE", help="write a video of one game (.mp4 or .gif); "
+    group.add_argument("--play", action="store_true", help="show the agent playing in a window")
+    group.add_argument("--record", metavar="FILE", help="write a video of one game (.mp4 or .gif); "
                        "needs no display")
-    watch.add_argument("--eval", type=positive_int, metavar="N", help="play N games with the sampled and N "
+    group.add_argument("--eval", type=positive_int, metavar="N", help="play N games with the sampled and N "
                        "with the greedy policy, no learning, and print the statistics")
-    watch.add_argument("--plot", action="store_true", help="write the learning-curve and weights PNGs "
+    group.add_argument("--plot", action="store_true", help="write the learning-curve and weights PNGs "
                        "into --checkpoint-dir")
-    watch.add_argument("--export", metavar="FILE", help="write the agent's weights alone (5 MB) to FILE, "
+    group.add_argument("--export", metavar="FILE", help="write the agent's weights alone (5 MB) to FILE, "
                        "to share it or watch it with --checkpoint FILE")
-    watch.add_argument("--checkpoint", metavar="FILE", help="the agent to watch")
-    watch.add_argument("--greedy", action="store_true", help="--play / --record: always take the more "
+    group.add_argument("--checkpoint", metavar="FILE", help="the agent to watch")
+    group.add_argument("--greedy", action="store_true", help="--play / --record: always take the more "
                        "likely action instead of sampling")
-    watch.add_argument("--max-steps", type=positive_int, metavar="N", help="--play / --record: end each "
+    group.add_argument("--max-steps", type=positive_int, metavar="N", help="--play / --record: end each "
                        "game after N steps")
     args = p.parse_args(argv)
     modes = [flag for flag, on in (("--play", args.play), ("--eval", args.eval), ("--plot", args.plot),
@@ -127,7 +533,7 @@ def fail(message, code=1):
     sys.exit(code)
 
 
-# ---------------------------------------------------------------- training state
+# ---------------------------------------------------------------- the training state
 
 def new_state(hyper, seed):
     model = init_model(hyper["hidden"], np.random.default_rng(seed))
@@ -149,8 +555,11 @@ def check_arrays(state, parts, path):
                 raise CheckpointError(f"checkpoint {path} holds non-finite {part} {k}")
 
 
-def check_state(state, path):
-    """Raise CheckpointError unless state is a usable training state."""
+def load_state(path):
+    """A training state from a checkpoint; CheckpointError unless it is whole and usable."""
+    state = checkpoint.load(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a pong_pg checkpoint")
     try:
         check_arrays(state, ("model", "cache"), path)
         for k in ("episode", "total_steps", "updates", "next_task"):
@@ -160,13 +569,6 @@ def check_state(state, path):
             state["hyper"][k]
     except (KeyError, TypeError, AttributeError):
         raise CheckpointError(f"checkpoint {path} is damaged: it lacks part of the training state") from None
-
-
-def load_state(path):
-    state = checkpoint.load(path)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} is not a pong_pg checkpoint")
-    check_state(state, path)
     return state
 
 
@@ -181,7 +583,7 @@ def load_agent(path):
 
 
 def choose_hyperparameters(args, state):
-    """Flags given now win; unset flags take the checkpoint's values (or the card's on a new run)."""
+    """Flags given now win; unset flags take the checkpoint's values (or the defaults on a new run)."""
     hyper = {}
     for name, default in HYPER_FLAGS.items():
         given = getattr(args, name)
@@ -192,6 +594,40 @@ def choose_hyperparameters(args, state):
             print(f"note: {name} changes from {saved} to {given} on resume")
         hyper[name] = given if given is not None else saved
     return hyper
+
+
+class Clock:
+    """Wall time of the run, across resumes: the checkpoint's seconds plus this process's."""
+
+    def __init__(self, seconds_before):
+        self.start = time.time() - seconds_before
+
+    def seconds(self):
+        return time.time() - self.start
+
+    def __str__(self):
+        minutes, secs = divmod(int(self.seconds()), 60)
+        return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def save(paths, state, batch, clock, reason, pictures=True):
+    """Write the checkpoint (the unfinished batch included) and, if asked, redraw the pictures. A save
+    that fails says so and keeps the previous checkpoint; returns whether it was written."""
+    state["wall_seconds"] = clock.seconds()
+    state["batch"] = batch.state() if batch.episodes else None
+    try:
+        checkpoint.save(paths["checkpoint"], state)
+    except OSError as e:
+        print(f"warning: could not save the checkpoint ({e.strerror or e}); the previous one is "
+              f"intact, trying again at the next save", file=sys.stderr)
+        return False
+    print(f"saved {paths['checkpoint']} at episode {state['episode']} ({reason})")
+    if pictures:
+        try:
+            watch.draw_pictures(os.path.dirname(paths["checkpoint"]) or ".", state["model"]["W1"], paths["log"])
+        except Exception as e:  # noqa: BLE001 (the pictures are a convenience: report, train on)
+            print(f"note: could not draw the pictures ({e})", file=sys.stderr)
+    return True
 
 
 # ---------------------------------------------------------------- the per-episode CSV log
@@ -216,159 +652,29 @@ def trim_log(path, last_episode):
         os.replace(tmp, path)
 
 
-def open_log(path):
-    new = not os.path.exists(path) or os.path.getsize(path) == 0
-    log = open(path, "a", newline="")
-    writer = csv.writer(log, lineterminator="\n")
-    if new:
-        writer.writerow(LOG_COLUMNS)
-    return log, writer
+class EpisodeLog:
+    """log.csv, one row per episode, flushed as it is written (a context manager: closed on exit)."""
+
+    def __init__(self, path):
+        new = not os.path.exists(path) or os.path.getsize(path) == 0
+        self.file = open(path, "a", newline="")  # noqa: SIM115 (open for the whole run; closed by __exit__)
+        self.writer = csv.writer(self.file, lineterminator="\n")
+        if new:
+            self.writer.writerow(LOG_COLUMNS)
+
+    def append(self, state, episode, wall_seconds):
+        self.writer.writerow([state["episode"], episode.score, f"{state['running_mean']:.4f}", episode.steps,
+                              state["total_steps"], state["updates"], f"{wall_seconds:.1f}"])
+        self.file.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
 
 
-# ---------------------------------------------------------------- training
-
-def snapshot(model):
-    """The weights that workers play with, while the learner keeps updating model. W1 is kept
-    transposed: a pixel's weights are then contiguous, which the sparse forward pass reads."""
-    return {"W1T": np.ascontiguousarray(model["W1"].T), "W2": model["W2"].copy()}
-
-
-def clock(seconds):
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
-
-
-class Stop:
-    """Set by SIGINT / SIGTERM; the training loop checks it between episodes."""
-    signal = None
-
-    @classmethod
-    def handler(cls, signum, frame):
-        cls.signal = signum
-
-
-def refresh_plots(paths, W1):
-    """Redraw the learning curve and the weights next to the checkpoint; a failure never stops training."""
-    try:
-        plots.refresh(os.path.dirname(paths["checkpoint"]) or ".", W1, paths["log"])
-    except Exception as e:       # noqa: BLE001 (pictures are a convenience: report and go on)
-        print(f"note: could not draw the plots ({e})", file=sys.stderr)
-
-
-def train(args, state, paths):
-    hyper = state["hyper"]
-    model, cache = state["model"], state["cache"]
-    batch = BatchGradient.from_state(state["batch"]) if state["batch"] else BatchGradient(hyper["hidden"])
-    target = state["episode"] + args.episodes if args.episodes else None
-    session_start, wall_before = time.time(), state["wall_seconds"]
-    last_save, last_pictures = state["episode"], 0.0     # pictures: at the first checkpoint, then every 5 min
-    update_start, update_steps, batch_lag = time.time(), 0, 0
-
-    def save(reason, pictures=True):
-        state["wall_seconds"] = wall_before + time.time() - session_start
-        state["batch"] = batch.state() if batch.episodes else None
-        try:
-            checkpoint.save(paths["checkpoint"], state)
-        except OSError as e:
-            print(f"warning: could not save the checkpoint ({e.strerror or e}); the previous one is "
-                  f"intact, trying again at the next save", file=sys.stderr)
-            return False
-        print(f"saved {paths['checkpoint']} at episode {state['episode']} ({reason})")
-        if pictures:
-            refresh_plots(paths, model["W1"])
-        return True
-
-    log, writer = open_log(paths["log"])
-    pool = WorkerPool(args.workers, hyper["seed"], state["next_task"], render_first=args.render)
-    played_with = {}            # worker -> (update number, weights) it is playing with
-    weights = (state["updates"], snapshot(model))
-
-    def assign(worker):
-        """Give worker the next task, with the newest weights if it does not have them yet."""
-        fresh = played_with.get(worker, (None,))[0] != weights[0]
-        played_with[worker] = weights
-        pool.assign(worker, state["next_task"], weights[1] if fresh else None)
-        state["next_task"] += 1
-
-    def wanted():
-        return target is None or state["episode"] + len(pool.busy) < target
-
-    print(f"training with {args.workers} worker(s), from episode {state['episode'] + 1}; "
-          f"lr {hyper['lr']}, batch {hyper['batch_size']}, gamma {hyper['gamma']}, "
-          f"decay {hyper['decay_rate']}, {hyper['hidden']} hidden units, seed {hyper['seed']}")
-    try:
-        for worker in range(len(pool)):
-            if wanted():
-                assign(worker)
-        while pool.busy and Stop.signal is None:
-            result = pool.next_result(timeout=0.2)
-            if result is None:
-                continue
-            worker, episode = result
-            state["episode"] += 1
-            state["total_steps"] += episode.steps
-            version, played = played_with[worker]
-            completes_batch = batch.episodes + 1 >= hyper["batch_size"]
-            if not completes_batch and wanted():
-                assign(worker)          # keep the worker busy while we take in its episode
-            batch.add_episode(played, episode.frames, episode.up, episode.rewards, hyper["gamma"])
-            batch_lag = max(batch_lag, state["updates"] - version)   # updates since its weights were sent
-            score = episode.score
-            update_steps += episode.steps
-            previous = state["running_mean"]
-            state["running_mean"] = score if previous is None else (
-                RUNNING_MEAN_DECAY * previous + (1 - RUNNING_MEAN_DECAY) * score)
-            wall = wall_before + time.time() - session_start
-            writer.writerow([state["episode"], score, f"{state['running_mean']:.4f}", episode.steps,
-                             state["total_steps"], state["updates"], f"{wall:.1f}"])
-            log.flush()
-            if not args.quiet:
-                print(f"episode {state['episode']}: score {score:+d}, running mean "
-                      f"{state['running_mean']:+.2f}, {episode.steps} steps, {clock(wall)}")
-
-            if batch.episodes >= hyper["batch_size"]:   # (>=: --batch-size may shrink on resume)
-                grad = batch.gradient()
-                if not all(np.all(np.isfinite(g)) for g in grad.values()):
-                    raise FloatingPointError("the gradient is not finite")
-                rmsprop_step(model, cache, grad, hyper["lr"], hyper["decay_rate"], EPSILON)
-                if not all(np.all(np.isfinite(a)) for a in [*model.values(), *cache.values()]):
-                    raise FloatingPointError("the weights or the RMSProp cache are not finite")
-                state["updates"] += 1
-                now = time.time()
-                print(f"update {state['updates']}: {batch.steps} steps in {batch.episodes} episodes, "
-                      f"{update_steps / max(now - update_start, 1e-9):,.0f} steps/s, running mean "
-                      f"{state['running_mean']:+.2f}, weights up to {batch_lag} update(s) old, "
-                      f"total {state['total_steps']:,} steps, {clock(wall)}")
-                update_start, update_steps, batch_lag = now, 0, 0
-                batch.reset()
-                weights = (state["updates"], snapshot(model))
-                if wanted():
-                    assign(worker)      # with the new weights, before the slower save
-                if state["episode"] - last_save >= args.save_every:
-                    pictures = time.time() - last_pictures >= PICTURES_EVERY  # the workers wait while we draw
-                    if save(f"every {args.save_every} episodes", pictures):
-                        last_save = state["episode"]
-                        if pictures:
-                            last_pictures = time.time()
-    except FloatingPointError as e:
-        pool.close()
-        log.close()
-        fail(f"training diverged: {e}; stopped without saving, the last checkpoint is kept")
-    except WorkerError as e:
-        pool.close()
-        print(f"pong_pg: error: {e}", file=sys.stderr)
-        save("after a worker failed")
-        log.close()
-        sys.exit(1)
-    pool.close()
-    log.close()
-    if Stop.signal is not None:
-        name = signal.Signals(Stop.signal).name
-        saved = save(f"stopped by {name}")
-        sys.exit(128 + Stop.signal if saved else 1)
-    if not save("done"):
-        fail("the final checkpoint could not be saved")
-
+# ---------------------------------------------------------------- watching an agent
 
 def find_agent(args):
     """--checkpoint, else the run in --checkpoint-dir, else the shipped agent."""
@@ -382,14 +688,14 @@ def find_agent(args):
 
 
 def watch_agent(args):
-    """--play, --record, --eval, --plot."""
+    """--play, --record, --eval, --plot, --export."""
     path = find_agent(args)
     try:
         state = load_agent(path)
     except CheckpointError as e:
         hint = "" if os.path.exists(path) else " (train first: python pong_pg.py)"
         fail(f"{e}{hint}")
-    weights = snapshot(state["model"])
+    weights = play_weights(state["model"])
     print(f"agent {path}: trained for {state.get('episode', '?')} episodes, "
           f"running mean {state.get('running_mean') or 0:+.2f}")
     if args.export:
@@ -402,23 +708,23 @@ def watch_agent(args):
     elif args.plot:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
         try:
-            written = plots.refresh(args.checkpoint_dir, state["model"]["W1"],
-                                    os.path.join(args.checkpoint_dir, LOG_FILE))
+            written = watch.draw_pictures(args.checkpoint_dir, state["model"]["W1"],
+                                          os.path.join(args.checkpoint_dir, LOG_FILE))
         except ImportError as e:
             fail(e)
         for picture in written:
             print(f"wrote {picture}")
     elif args.eval:
         print(f"evaluating over {args.eval} games per policy on {args.workers} worker(s)")
-        watch.print_evaluation(watch.evaluate(weights, args.eval, args.seed, args.workers))
+        watch.print_evaluation(watch.evaluate(play_episode, weights, args.eval, args.seed, args.workers))
     elif args.record:
         try:
-            watch.record(weights, args.record, args.seed, args.greedy, args.max_steps)
+            watch.record(play_episode, weights, args.record, args.seed, args.greedy, args.max_steps)
         except watch.MissingDependency as e:
             fail(e)
     else:
         need_display("--play")
-        watch.play(weights, args.episodes, args.seed, args.greedy, args.max_steps)
+        watch.show(play_episode, weights, args.episodes, args.seed, args.greedy, args.max_steps)
 
 
 def need_display(flag):
@@ -428,10 +734,53 @@ def need_display(flag):
              f"under a virtual display: xvfb-run python pong_pg.py {flag}")
 
 
+# ---------------------------------------------------------------- main
+
+def prepare_run(args, paths):
+    """The state to train from: the checkpoint on --resume (its log trimmed to match), else a new run
+    whose first checkpoint is written before it plays."""
+    if args.resume:
+        try:
+            state = load_state(paths["checkpoint"])
+        except CheckpointError as e:
+            fail(e)
+        state["hyper"].update(choose_hyperparameters(args, state))
+        trim_log(paths["log"], state["episode"])
+        return state
+    for what in ("checkpoint", "log"):
+        if os.path.exists(paths[what]):
+            fail(f"{paths[what]} already exists: add --resume to continue that run, or choose "
+                 f"another --checkpoint-dir", code=2)
+    state = new_state(choose_hyperparameters(args, None), args.seed)
+    try:
+        checkpoint.save(paths["checkpoint"], state)   # from now on, --resume always has a start
+    except OSError as e:
+        fail(f"cannot write to {args.checkpoint_dir}: {e.strerror or e}")
+    return state
+
+
+def catch_stop_signals():
+    """From now on SIGINT, SIGTERM and SIGHUP only set Stop.signal (as they do from the start when
+    pong_pg.py runs as a script; main() called from Python starts with no stop pending)."""
+    if signal.getsignal(signal.SIGINT) != Stop.handler:
+        Stop.signal = None
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, Stop.handler)
+
+
+def exit_if_stopped():
+    """A stop asked for before anything was written ends here, quietly: 128 + the signal's number."""
+    if Stop.signal is not None:
+        sys.exit(128 + Stop.signal)
+
+
 def main(argv=None):
+    catch_stop_signals()
     args = parse_args(argv)
+    exit_if_stopped()
     if args.watching:
-        signal.signal(signal.SIGINT, lambda *_: sys.exit(130))    # Ctrl-C ends watching quietly
+        for signum in STOP_SIGNALS:                    # a stop ends watching at once, quietly
+            signal.signal(signum, lambda signum, frame: sys.exit(128 + signum))
         return watch_agent(args)
     try:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
@@ -441,28 +790,23 @@ def main(argv=None):
              "log": os.path.join(args.checkpoint_dir, LOG_FILE)}
     if args.render:
         need_display("--render")
-    if args.resume:
-        try:
-            state = load_state(paths["checkpoint"])
-        except CheckpointError as e:
-            fail(e)
-        state["hyper"].update(choose_hyperparameters(args, state))
-        trim_log(paths["log"], state["episode"])
-    else:
-        for what in ("checkpoint", "log"):
-            if os.path.exists(paths[what]):
-                fail(f"{paths[what]} already exists: add --resume to continue that run, or choose "
-                     f"another --checkpoint-dir", code=2)
-        state = new_state(choose_hyperparameters(args, None), args.seed)
-        try:
-            checkpoint.save(paths["checkpoint"], state)   # from now on, --resume always has a start
-        except OSError as e:
-            fail(f"cannot write to {args.checkpoint_dir}: {e.strerror or e}")
+    exit_if_stopped()
+    state = prepare_run(args, paths)
     checkpoint.remove_temporaries(args.checkpoint_dir)
-    Stop.signal = None
-    signal.signal(signal.SIGINT, Stop.handler)
-    signal.signal(signal.SIGTERM, Stop.handler)
-    train(args, state, paths)
+    try:
+        ended, batch, clock = train(args, state, paths)
+    except FloatingPointError as e:
+        fail(f"training diverged: {e}; stopped without saving, the last checkpoint is kept")
+    if isinstance(ended, WorkerError):
+        print(f"pong_pg: error: {ended}", file=sys.stderr)
+        save(paths, state, batch, clock, "after a worker failed")
+        sys.exit(1)
+    if ended == "done":
+        if not save(paths, state, batch, clock, "done"):
+            fail("the final checkpoint could not be saved")
+        return
+    saved = save(paths, state, batch, clock, f"stopped by {ended}")
+    sys.exit(128 + Stop.signal if saved else 1)
 
 
 if __name__ == "__main__":

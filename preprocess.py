@@ -3,6 +3,10 @@
 The policy reads the difference between consecutive preprocessed frames, so it can see motion.
 A difference frame has a few dozen nonzero pixels out of 6,400, so we keep it sparse: the flat
 indices of the pixels that changed and their values (+1 appeared, -1 disappeared).
+
+Plain first: preprocess() is the 2016 recipe on the RGB frame, sparse_difference() the difference of
+two such images. The trainer computes the same difference frames from ALE's palette-index screen
+(screen_pixels, screen_difference), where only the pixels whose palette index changed are looked at.
 """
 import numpy as np
 
@@ -15,8 +19,8 @@ FIELD = slice(35, 195)        # the rows of the playing field (the 2016 crop: no
 def preprocess(frame):
     """210x160x3 uint8 frame -> 80x80 bool image: True where a paddle or the ball is."""
     img = frame[FIELD][::2, ::2, 0].ravel()             # crop the field, downsample by 2, red channel
-    image = img != BACKGROUND[0]                        # (ravel first: a contiguous copy compares 2x faster)
-    image &= img != BACKGROUND[1]                       # erase background, everything else is 1
+    image = img != BACKGROUND[0]                        # erase both background shades,
+    image &= img != BACKGROUND[1]                       # everything else (paddles, ball) is 1
     return image.reshape(SIDE, SIDE)
 
 
@@ -29,11 +33,14 @@ def new_color_table():
     return np.full(256, UNKNOWN, np.uint8)
 
 
+COLORS = new_color_table()    # the table of this process: the colours are the same in every Pong game
+
+
 def screen_pixels(screen, out):
     """ALE's palette-index screen (210x160 uint8) -> out (6400 uint8): the field, every second row and
     column, as preprocess() crops it. Palette indices skip the RGB conversion and are a third of the bytes."""
     # every second row of the field, each pair of columns (2c, 2c+1) read as one little-endian 16-bit
-    # number; casting it to 8 bits keeps the low byte, column 2c: 2x faster than copying every second byte
+    # number; casting it to 8 bits keeps the low byte, which is column 2c
     pairs = screen.view("<u2")[FIELD][::2]
     np.copyto(out.reshape(SIDE, SIDE), pairs, casting="unsafe")
 
@@ -57,7 +64,7 @@ def screen_difference(pixels, previous, colors, screen, rgb_frame):
     from rgb_frame() (screen: the palette screen pixels came from)."""
     changed = (pixels != previous).nonzero()[0]
     now = colors.take(pixels.take(changed))
-    if UNKNOWN_BYTE in now.tobytes():                      # UNKNOWN in now (5x faster on a few dozen bytes)
+    if UNKNOWN_BYTE in now.tobytes():                      # UNKNOWN in now (a bytes search: cheap)
         learn_colors(colors, pixels, screen, rgb_frame)
         now = colors.take(pixels.take(changed))
     keep = now != colors.take(previous.take(changed))      # paddle/ball <-> background

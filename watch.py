@@ -1,11 +1,18 @@
-"""Watching a trained agent: play in a window, record a video, evaluate its strength."""
+"""Watching an agent: play in a window, record a video, evaluate its strength, draw training as pictures.
+
+Each function is handed the function that plays an episode (pong_pg.play_episode), so this module
+needs nothing from the script.
+"""
+import csv
 import math
+import os
+import tempfile
 import time
 import zlib
 
 import numpy as np
 
-from rollout import WorkerPool, make_env, play_episode, task_rng
+from workers import WorkerPool, make_env, task_rng
 
 EVAL_SEED_OFFSET = 10 ** 9      # evaluation games use random streams that training never uses
 RECORD_FPS = 15                 # one video frame per agent step: 15 a second is the game's real speed
@@ -38,7 +45,7 @@ def describe(episode):
 
 # ---------------------------------------------------------------- play in a window
 
-def play(weights, episodes, seed, greedy, max_steps):
+def show(play_episode, weights, episodes, seed, greedy, max_steps):
     """Show the agent in a window (ale-py's own SDL window, at the game's real speed)."""
     env = make_env(render_mode="human")
     env.reset(seed=seed)
@@ -116,8 +123,24 @@ class GifWriter:
         first.save(self.path, save_all=True, append_images=frames, duration=round(1000 / RECORD_FPS), loop=0)
 
 
-def record(weights, path, seed, greedy, max_steps):
-    """Play one game without a window and write it to a video file; show progress on the way."""
+def record(play_episode, weights, path, seed, greedy, max_steps):
+    """Play one game without a window and write it to a video file; show progress on the way. The
+    video is written to a temporary file beside path and renamed when whole: an interrupted or failed
+    recording leaves nothing behind."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1],
+                               dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        episode, seconds = _record_to(play_episode, weights, tmp, seed, greedy, max_steps)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    print(f"wrote {path}: {episode.steps} frames ({episode.steps / RECORD_FPS:.0f} s at {RECORD_FPS} fps), "
+          f"game {describe(episode)}, {seconds:.0f} s to record")
+
+
+def _record_to(play_episode, weights, path, seed, greedy, max_steps):
     video = open_video(path)
     env = make_env()
     env.reset(seed=seed)
@@ -135,44 +158,34 @@ def record(weights, path, seed, greedy, max_steps):
     finally:
         video.close()
         env.close()
-    print(f"wrote {path}: {episode.steps} frames ({episode.steps / RECORD_FPS:.0f} s at {RECORD_FPS} fps), "
-          f"game {describe(episode)}, {time.time() - start:.0f} s to record")
+    return episode, time.time() - start
 
 
 # ---------------------------------------------------------------- evaluate
 
-def evaluate(weights, n, seed, workers):
+def evaluate(play_episode, weights, n, seed, workers):
     """Play n games with the sampled policy and n with the greedy one, on all workers, no learning.
     Returns {"sampled": [Episode], "greedy": [Episode]}."""
     jobs = ["sampled"] * n + ["greedy"] * n
     results = {"sampled": [], "greedy": []}
-    pool = WorkerPool(min(workers, len(jobs)), seed, EVAL_SEED_OFFSET)
-    running, next_job, sent = {}, 0, set()
-    try:
-        def assign(worker):
-            nonlocal next_job
-            mode = jobs[next_job]
-            pool.assign(worker, EVAL_SEED_OFFSET + next_job, None if worker in sent else weights,
-                        greedy=mode == "greedy")
-            sent.add(worker)
-            running[worker] = mode
-            next_job += 1
-        for worker in range(len(pool)):
-            assign(worker)
-        while pool.busy:
+    policy = (0, weights)                           # (version, weights): sent to each worker once
+    running, next_job = {}, 0
+    with WorkerPool(min(workers, len(jobs)), play_episode, seed, EVAL_SEED_OFFSET) as pool:
+        while pool.busy or next_job < len(jobs):
+            for worker in pool.idle():
+                if next_job < len(jobs):
+                    running[worker] = jobs[next_job]
+                    pool.start(worker, EVAL_SEED_OFFSET + next_job, policy, greedy=jobs[next_job] == "greedy")
+                    next_job += 1
             result = pool.next_result(timeout=1.0)
             if result is None:
                 continue
-            worker, episode = result
+            worker, episode, _ = result
             mode = running.pop(worker)
             results[mode].append(episode)
             done = len(results["sampled"]) + len(results["greedy"])
             print(f"eval {done}/{len(jobs)} ({mode}): {describe(episode)}, score {episode.score:+d}",
                   flush=True)
-            if next_job < len(jobs):
-                assign(worker)
-    finally:
-        pool.close()
     return results
 
 
@@ -189,3 +202,86 @@ def summary(mode, episodes):
 def print_evaluation(results):
     for mode in ("sampled", "greedy"):
         print(summary(mode, results[mode]))
+
+
+# ---------------------------------------------------------------- training as pictures
+
+CURVE_FILE = "learning_curve.png"
+WEIGHTS_FILE = "weights.png"
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")                       # files only, no display needed
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _pillow():
+    """PIL.Image, from Pillow, which matplotlib installs."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install matplotlib") from None
+    return Image
+
+
+def read_log(path):
+    """The per-episode CSV log as arrays: episode, score, running_mean, wall_seconds."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) for r in rows]) for k in ("episode", "score", "running_mean",
+                                                                "wall_seconds")}
+
+
+def learning_curve(log_path, out_path, title="pong_pg"):
+    """Episode score and running mean against episodes (left) and against wall time (right)."""
+    plt = _pyplot()
+    log = read_log(log_path)
+    fig, (by_episode, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    long_run = len(log["wall_seconds"]) and log["wall_seconds"][-1] > 2 * 3600
+    wall, unit = (log["wall_seconds"] / 3600, "hours") if long_run else (log["wall_seconds"] / 60, "minutes")
+    for ax, x, label in ((by_episode, log["episode"], "episode"), (by_time, wall, f"wall time ({unit})")):
+        ax.scatter(x, log["score"], s=2, color="tab:blue", alpha=0.25, label="episode score")
+        ax.plot(x, log["running_mean"], color="tab:red", lw=2, label="running mean (0.99)")
+        ax.axhline(0, color="gray", lw=0.8, ls="--")
+        ax.set_xlabel(label)
+        ax.set_ylim(-21.5, 21.5)
+        ax.grid(alpha=0.3)
+    by_episode.set_ylabel("score (points won - points lost)")
+    by_episode.legend(loc="upper left")
+    fig.suptitle(f"{title}: {len(log['episode'])} episodes, running mean {log['running_mean'][-1]:+.1f}"
+                 if len(log["episode"]) else title)
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+
+
+def weights_image(W1, out_path, columns=20):
+    """Each hidden unit's 6,400 weights as an 80x80 tile, in a grid (as the 2016 write-up showed them)."""
+    hidden = W1.shape[0]
+    rows = -(-hidden // columns)
+    tile, gap = 80, 2
+    grid = np.full((rows * (tile + gap) + gap, columns * (tile + gap) + gap), 0.5, np.float32)
+    for i in range(hidden):
+        w = W1[i].reshape(tile, tile)
+        scaled = 0.5 + 0.5 * w / max(np.abs(w).max(), 1e-12)    # each tile on its own scale, 0 = gray
+        r, c = divmod(i, columns)
+        grid[gap + r * (tile + gap):gap + r * (tile + gap) + tile,
+             gap + c * (tile + gap):gap + c * (tile + gap) + tile] = scaled
+    gray = np.round(grid * 255).astype(np.uint8)
+    _pillow().fromarray(gray, "L").save(out_path)   # an 8-bit gray PNG
+
+
+def draw_pictures(directory, W1, log_path):
+    """Rewrite the pictures in directory (the learning curve only if the log exists); returns their paths."""
+    written = []
+    if os.path.exists(log_path):
+        written.append(os.path.join(directory, CURVE_FILE))
+        learning_curve(log_path, written[-1])
+    written.append(os.path.join(directory, WEIGHTS_FILE))
+    weights_image(W1, written[-1])
+    return written

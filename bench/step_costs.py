@@ -22,10 +22,9 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from policy import forward_sparse, init_model  # noqa: E402
-from pong_pg import snapshot  # noqa: E402
-from preprocess import D, difference_values, learn_colors, screen_difference, screen_pixels  # noqa: E402
-from rollout import COLORS, DOWN, UP, make_env, play_episode  # noqa: E402
+from pong_pg import DOWN, UP, init_model, play_episode, play_weights, policy_forward_sparse  # noqa: E402
+from preprocess import COLORS, D, difference_values, learn_colors, screen_difference, screen_pixels  # noqa: E402
+from workers import make_env  # noqa: E402
 from throughput import children_by_parent  # noqa: E402  (bench/, this script's folder)
 
 PIECES = ["the emulator (env.step, random UP/DOWN)", "+ read the palette screen", "+ downsample it to 80x80",
@@ -58,7 +57,7 @@ def worker_loop(env, weights, steps, pieces):
                 idx, on = screen_difference(pixels, previous, COLORS, screen, ale.getScreenRGB)
                 pixels, previous = previous, pixels
             if pieces >= 4:
-                p_up = forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(on))
+                p_up = policy_forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(on))
             up = rng.random() < p_up
             _, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
             if pieces >= 5:
@@ -103,7 +102,7 @@ def main():
 
     env = make_env()
     env.reset(seed=0)
-    weights = snapshot(init_model(200, np.random.default_rng(0)))
+    weights = play_weights(init_model(200, np.random.default_rng(0)))
     print("1. the worker's loop, one process, us per step:")
     for pieces, name in enumerate(PIECES):
         print(f"   {name:42s} {worker_loop(env, weights, args.steps, pieces):6.1f}", flush=True)

@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 
 import checkpoint  # noqa: E402
 import pong_pg  # noqa: E402
-from rollout import DOWN, UP, make_env  # noqa: E402
+from pong_pg import DOWN, UP  # noqa: E402
+from workers import make_env  # noqa: E402
 
 
 # ---------------------------------------------------------------- memory of a process tree
@@ -126,7 +127,7 @@ def prepro_2016(I):
 
 def reference_trainer(seconds):
     """The 2016 pong.py loop on today's gymnasium; returns steps/s. Run in its own process."""
-    from policy import backward_dense, discount_rewards, forward_dense
+    from pong_pg import discount_rewards, policy_backward, policy_forward
     from preprocess import D
     rng = np.random.default_rng(0)
     H, batch_size, lr, gamma, decay = 200, 10, 1e-3, 0.99, 0.99
@@ -141,7 +142,7 @@ def reference_trainer(seconds):
         cur = prepro_2016(obs)
         x = cur - prev if prev is not None else np.zeros(D)
         prev = cur
-        p, h = forward_dense(model, x)
+        p, h = policy_forward(model, x)
         up = rng.random() < p
         xs.append(x); hs.append(h); dlogps.append(float(up) - p)
         obs, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
@@ -152,7 +153,7 @@ def reference_trainer(seconds):
             epx, eph = np.vstack(xs), np.vstack(hs)
             R = discount_rewards(np.array(rewards), gamma)
             R = (R - R.mean()) / R.std()              # 2016: standardized per episode
-            grad = backward_dense(model, eph, epx, np.array(dlogps) * R)
+            grad = policy_backward(model, eph, epx, np.array(dlogps) * R)
             for k in model:
                 grad_buffer[k] += grad[k]
             if episodes % batch_size == 0:

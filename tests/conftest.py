@@ -1,15 +1,24 @@
+"""Shared fixtures and helpers: a real game of Pong, and the trainer run as a user runs it."""
+import csv
 import os
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+PONG_PG = os.path.join(ROOT, "pong_pg.py")
 
+import checkpoint  # noqa: E402  (after ROOT joins the path)
+from pong_pg import DOWN, UP, init_model, play_weights  # noqa: E402
 from preprocess import dense_difference, difference_values, preprocess, sparse_difference  # noqa: E402
-from rollout import DOWN, UP, make_env  # noqa: E402
+from workers import make_env  # noqa: E402
 
+
+# ---------------------------------------------------------------- a real game
 
 @pytest.fixture(scope="session")
 def real_game():
@@ -21,7 +30,8 @@ def real_game():
     frames, screens = [obs], [env.unwrapped.ale.getScreen()]
     for _ in range(400):
         obs, _, terminated, truncated, _ = env.step(UP if rng.random() < 0.5 else DOWN)
-        frames.append(obs); screens.append(env.unwrapped.ale.getScreen())
+        frames.append(obs)
+        screens.append(env.unwrapped.ale.getScreen())
         assert not (terminated or truncated)
     env.close()
     return frames, screens
@@ -41,8 +51,61 @@ def real_steps(real_frames):
         current = preprocess(frame)
         idx, on = sparse_difference(current, previous)
         dense.append(dense_difference(current, previous))
-        idxs.append(idx.astype(np.int16)); vals.append(difference_values(on).astype(np.int8))
+        idxs.append(idx.astype(np.int16))
+        vals.append(difference_values(on).astype(np.int8))
         counts.append(len(idx))
         previous = current
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     return (indptr, np.concatenate(idxs), np.concatenate(vals)), np.array(dense)
+
+
+def random_weights(seed, hidden=200):
+    """play_weights() of a freshly initialised network."""
+    return play_weights(init_model(hidden, np.random.default_rng(seed)))
+
+
+# ---------------------------------------------------------------- the trainer, as a user runs it
+
+def run(*args, timeout=240, **kwargs):
+    """python pong_pg.py ARGS to the end; its CompletedProcess (text stdout and stderr)."""
+    return subprocess.run([sys.executable, PONG_PG, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, **kwargs)
+
+
+def start(*args, **kwargs):
+    """python pong_pg.py ARGS in the background; its Popen."""
+    return subprocess.Popen([sys.executable, PONG_PG, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, **kwargs)
+
+
+def log_rows(directory):
+    with open(os.path.join(directory, "log.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def saved(directory):
+    return checkpoint.load(os.path.join(directory, "pong_pg.pkl"))
+
+
+def wait_for_rows(directory, n, timeout=120):
+    """Wait until the run in directory has logged n episodes."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(os.path.join(directory, "log.csv")) and len(log_rows(directory)) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} episodes within {timeout} s")
+
+
+def children_of(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def gone(pid):
+    """Whether process pid has ended (a zombie waiting for its parent counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

@@ -1,32 +1,13 @@
 """The trainer through its command line, on the real emulator, in temporary directories."""
-import csv
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 import checkpoint
-from conftest import ROOT
-
-PONG_PG = os.path.join(ROOT, "pong_pg.py")
-
-
-def run(*args, timeout=240):
-    return subprocess.run([sys.executable, PONG_PG, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
-
-
-def log_rows(directory):
-    with open(os.path.join(directory, "log.csv")) as f:
-        return list(csv.DictReader(f))
-
-
-def saved(directory):
-    return checkpoint.load(os.path.join(directory, "pong_pg.pkl"))
+from conftest import children_of, gone, log_rows, run, saved, start, wait_for_rows
+from pong_pg import init_model
 
 
 def test_help():
@@ -44,6 +25,13 @@ def test_train_then_resume_continues_numbering_log_and_state(tmp_path):
     state = saved(tmp_path)
     assert (state["episode"], state["updates"]) == (3, 1)
     assert state["batch"]["episodes"] == 1                 # the 3rd episode waits in the next batch
+    # the update was RMSProp's first step from the seed's initial weights: with an empty cache,
+    # cache = (1 - decay) g^2, so each weight with a gradient moved by lr / sqrt(1 - decay) (for |g| >> eps)
+    moved = np.abs(state["model"]["W1"] - init_model(200, np.random.default_rng(0))["W1"])
+    full_step = 1e-3 / np.sqrt(1 - 0.9)
+    assert moved.max() <= full_step * 1.001
+    assert np.median(moved[moved > 0]) == pytest.approx(full_step, rel=0.01)
+    assert 0.05 < np.mean(moved > 0) < 0.9                 # the pixels the ball and paddles never visited stay
     rows = log_rows(tmp_path)
     assert [int(r["episode"]) for r in rows] == [1, 2, 3]
     assert all(-21 <= int(r["score"]) <= 21 for r in rows)
@@ -59,7 +47,7 @@ def test_train_then_resume_continues_numbering_log_and_state(tmp_path):
     steps = [int(r["steps"]) for r in rows]
     assert [int(r["total_steps"]) for r in rows] == list(np.cumsum(steps))
     assert after["total_steps"] == sum(steps)
-    assert not np.array_equal(after["model"]["W1"], state["model"]["W1"])   # it learned something
+    assert not np.array_equal(after["model"]["W1"], state["model"]["W1"])   # the second update moved it on
 
 
 def test_fresh_start_over_an_existing_run_is_refused_and_keeps_it(tmp_path):
@@ -138,12 +126,9 @@ def test_several_workers_make_well_formed_batches(tmp_path):
 
 
 def test_ctrl_c_saves_and_exits_130_without_orphans(tmp_path):
-    proc = subprocess.Popen([sys.executable, PONG_PG, "--workers", "2", "--checkpoint-dir", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (tmp_path / "log.csv").exists() or len(log_rows(tmp_path)) < 3:
-        time.sleep(0.2)
-    children = [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+    proc = start("--workers", 2, "--checkpoint-dir", tmp_path)
+    wait_for_rows(tmp_path, 3)
+    children = children_of(proc.pid)
     assert len(children) >= 2
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -151,5 +136,4 @@ def test_ctrl_c_saves_and_exits_130_without_orphans(tmp_path):
     assert "stopped by SIGINT" in out
     state = saved(tmp_path)
     assert state["episode"] == len(log_rows(tmp_path)) >= 3
-    for pid in children:
-        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+    assert all(gone(pid) for pid in children)

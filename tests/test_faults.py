@@ -12,38 +12,17 @@ import pytest
 
 import checkpoint
 import pong_pg
-from conftest import ROOT
-from test_cli import PONG_PG, log_rows, run, saved
-
-
-def start(*args):
-    return subprocess.Popen([sys.executable, PONG_PG, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
-
-
-def wait_for_rows(directory, n, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (directory / "log.csv").exists() and len(log_rows(directory)) >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no {n} episodes within {timeout} s")
-
-
-def children_of(pid):
-    return [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+from conftest import children_of, gone, log_rows, run, saved, start, wait_for_rows
 
 
 def workers_of(pid):
-    """The worker processes (multiprocessing also starts a resource tracker beside them)."""
-    return [child for child in children_of(pid) if b"resource_tracker" not in open(f"/proc/{child}/cmdline", "rb").read()]
-
-
-def gone(pid):
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+    """The worker processes (multiprocessing may also start a resource tracker beside them)."""
+    workers = []
+    for child in children_of(pid):
+        with open(f"/proc/{child}/cmdline", "rb") as f:
+            if b"resource_tracker" not in f.read():
+                workers.append(child)
+    return workers
 
 
 def test_sigterm_saves_stops_workers_and_exits_143(tmp_path):

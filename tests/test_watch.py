@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 import pong_pg
-from conftest import ROOT
-from test_cli import PONG_PG, log_rows, run
+from conftest import PONG_PG, ROOT, log_rows, run
 
 
 @pytest.fixture(scope="module")

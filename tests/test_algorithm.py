@@ -1,9 +1,22 @@
+"""The algorithm, step by step: each fast form computes what its plain form computes, and the
+hand-written gradients agree with finite differences."""
 import numpy as np
 import pytest
 
-from policy import (BatchGradient, backward_dense, discount_rewards, forward_dense, forward_sparse,
-                    init_model, rmsprop_step, sigmoid, sparse_backward, standardize)
+from conftest import random_weights
+from pong_pg import (BatchGradient, Episode, accumulate_sparse_gradients, batch_gradient_plain, discount_rewards,
+                     init_model, play_episode, play_episode_plain, policy_backward, policy_forward,
+                     policy_forward_sparse, play_weights, rmsprop_step, sigmoid, standardize)
 from preprocess import D
+from workers import make_env, task_rng
+
+
+def sparse_backward(W1, W2, indptr, idx, vals, up, coefs):
+    """accumulate_sparse_gradients into new arrays: dW1 (K, H, 6400) and dW2 (K, H), float64."""
+    H, K = W1.shape[0], coefs.shape[1]
+    dW1T, dW2 = np.zeros((D, K * H)), np.zeros((K, H))
+    accumulate_sparse_gradients(np.ascontiguousarray(W1.T), W2, indptr, idx, vals, up, coefs, dW1T, dW2)
+    return dW1T.reshape(D, K, H).transpose(1, 2, 0), dW2
 
 
 def model64(hidden=200, seed=0):
@@ -47,7 +60,7 @@ def test_dense_backward_matches_finite_differences(episode):
     advantages = standardize(discount_rewards(rewards, 0.99))
     hs = np.maximum(X @ model["W1"].T, 0)
     p = sigmoid(hs @ model["W2"])
-    grad = backward_dense(model, hs, X, advantages * (up - p))
+    grad = policy_backward(model, hs, X, advantages * (up - p))
     check_against_finite_differences(model, grad, X, up, advantages)
 
 
@@ -90,8 +103,8 @@ def test_sparse_forward_equals_dense_forward(real_steps):
     W1T = np.ascontiguousarray(model["W1"].T)
     for t in range(len(X)):
         sl = slice(indptr[t], indptr[t + 1])
-        p_sparse = forward_sparse(W1T, model["W2"], idx[sl].astype(np.intp), vals[sl].astype(np.float32))
-        p_dense, _ = forward_dense({k: v.astype(np.float64) for k, v in model.items()}, X[t])
+        p_sparse = policy_forward_sparse(W1T, model["W2"], idx[sl].astype(np.intp), vals[sl].astype(np.float32))
+        p_dense, _ = policy_forward({k: v.astype(np.float64) for k, v in model.items()}, X[t])
         assert abs(p_sparse - p_dense) < 1e-6
 
 
@@ -101,37 +114,33 @@ def test_sparse_backward_equals_dense_backward_float32(episode):
     model = init_model(200, np.random.default_rng(4))
     m64 = {k: v.astype(np.float64) for k, v in model.items()}
     R = discount_rewards(rewards, 0.99)
-    weights = np.stack([R, np.ones_like(R)], axis=1)
-    dW1, dW2 = sparse_backward(model["W1"], model["W2"], *frames, up, weights)
+    coefs = np.stack([R, np.ones_like(R)], axis=1)
+    dW1, dW2 = sparse_backward(model["W1"], model["W2"], *frames, up, coefs)
     hs = np.maximum(X @ m64["W1"].T, 0)
     p = sigmoid(hs @ m64["W2"])
     for k in range(2):
-        ref = backward_dense(m64, hs, X, weights[:, k] * (up - p))
+        ref = policy_backward(m64, hs, X, coefs[:, k] * (up - p))
         np.testing.assert_allclose(dW1[k], ref["W1"], atol=1e-5 * np.abs(ref["W1"]).max())
         np.testing.assert_allclose(dW2[k], ref["W2"], atol=1e-5 * np.abs(ref["W2"]).max())
 
 
-def test_batch_gradient_equals_standardized_dense_reference(episode):
-    """BatchGradient (sums per episode, standardized at the end) = the dense computation with the
-    returns of all episodes of the batch standardized together."""
+def test_batch_gradient_equals_the_plain_batch_gradient(episode):
+    """BatchGradient (sums per episode, standardized at the end) = batch_gradient_plain (the returns of
+    all the batch's steps standardized together, one dense backward pass)."""
     frames, X, up, rewards = episode
     (indptr, idx, vals) = frames
     model = init_model(200, np.random.default_rng(5))
     m64 = {k: v.astype(np.float64) for k, v in model.items()}
-    weights = {"W1T": np.ascontiguousarray(model["W1"].T), "W2": model["W2"]}
+    weights = play_weights(model)
     cuts = [0, 120, 250, len(up)]                     # three "episodes" of different lengths
-    batch = BatchGradient(200)
-    Rs = []
+    batch, plain = BatchGradient(200), []
     for a, b in zip(cuts[:-1], cuts[1:]):
-        sub = (indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]], vals[indptr[a]:indptr[b]])
         r = rewards[a:b].copy()
         r[-1] = r[-1] or 1.0                          # each episode ends on a point
-        batch.add_episode(weights, sub, up[a:b], r, 0.99)
-        Rs.append(discount_rewards(r, 0.99))
-    A = standardize(np.concatenate(Rs))
-    hs = np.maximum(X @ m64["W1"].T, 0)
-    p = sigmoid(hs @ m64["W2"])
-    ref = backward_dense(m64, hs, X, A * (up - p))
+        batch.add_episode(weights, Episode(indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]],
+                                           vals[indptr[a]:indptr[b]], up[a:b], r), 0.99)
+        plain.append((X[a:b], up[a:b], r))
+    ref = batch_gradient_plain(m64, plain, 0.99)
     grad = batch.gradient()
     assert batch.episodes == 3 and batch.steps == len(up)
     np.testing.assert_allclose(grad["W1"], ref["W1"], atol=1e-5 * np.abs(ref["W1"]).max())
@@ -153,10 +162,10 @@ def test_rmsprop_step_matches_formula():
         assert model[k].dtype == np.float32
 
 
-def test_init_model_shapes_and_scale():
+def test_init_model_is_xavier_scaled_float32():
     model = init_model(200, np.random.default_rng(0))
     assert model["W1"].shape == (200, 6400) and model["W2"].shape == (200,)
-    assert model["W1"].dtype == np.float32
+    assert model["W1"].dtype == model["W2"].dtype == np.float32
     assert abs(model["W1"].std() - 1 / 80) < 1e-3        # Xavier: 1/sqrt(6400)
     assert abs(model["W2"].std() - 1 / np.sqrt(200)) < 0.01
 
@@ -167,6 +176,21 @@ def test_saturated_logits_neither_overflow_nor_warn():
     idx, vals = np.arange(10), np.ones(10, np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert forward_sparse(W1T, np.full(4, 100.0, np.float32), idx, vals) == 1.0
-        assert forward_sparse(W1T, np.full(4, -100.0, np.float32), idx, vals) < 1e-20
+        assert policy_forward_sparse(W1T, np.full(4, 100.0, np.float32), idx, vals) == 1.0
+        assert policy_forward_sparse(W1T, np.full(4, -100.0, np.float32), idx, vals) < 1e-20
         np.testing.assert_allclose(sigmoid(np.array([-1e4, 0.0, 1e4])), [0, 0.5, 1], atol=1e-20)
+
+
+def test_play_episode_plays_the_same_game_as_play_episode_plain():
+    """The palette-screen episode loop and the 2016 RGB-frame loop: the same actions, rewards and
+    difference frames, step for step, over two whole games with the same seeds."""
+    weights = random_weights(3)
+    fast_env, rgb_env = make_env(), make_env(obs_type="rgb")
+    fast_env.reset(seed=11)
+    rgb_env.reset(seed=11)
+    for game in range(2):
+        fast = play_episode(fast_env, weights, task_rng(0, game))
+        plain = play_episode_plain(rgb_env, weights, task_rng(0, game))
+        for field in ("indptr", "idx", "vals", "up", "rewards"):
+            np.testing.assert_array_equal(getattr(fast, field), getattr(plain, field), err_msg=field)
+        assert fast.steps > 500 and (fast.rewards != 0).sum() >= 21

@@ -1,0 +1,144 @@
+"""Worker processes that play episodes on every core, and the Pong environment they play in.
+
+The pool is told which function plays an episode (pong_pg.play_episode), so that this module needs
+nothing from the script that uses it. Each worker keeps the weights it was last sent; the learner
+sends new ones only after an update.
+"""
+import multiprocessing
+import signal
+from multiprocessing.connection import wait
+
+import numpy as np
+
+ENV_ID = "ALE/Pong-v5"
+# Signals a worker ignores: Ctrl-C and a closed terminal reach the whole process group, and the
+# learner decides how to stop (it saves, then ends the workers). Ignored before a worker starts, so
+# that it is ignored while the worker still imports its modules too.
+IGNORED_IN_WORKERS = [signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+
+
+def make_env(render_mode=None, obs_type="ram"):
+    """ALE/Pong-v5: frameskip 4, sticky actions. obs_type="ram" by default: play_episode reads ALE's
+    palette screen itself, so no RGB frame is built per step; obs_type="rgb" for the RGB frames."""
+    import ale_py
+    import gymnasium
+    gymnasium.register_envs(ale_py)
+    return gymnasium.make(ENV_ID, render_mode=render_mode, obs_type=obs_type)
+
+
+def env_seed(*keys):
+    """A 32-bit env seed derived from (seed, worker, ...): independent streams per worker."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+def task_rng(seed, task):
+    """The random numbers of one task (episode) depend only on the run's seed and the task's number."""
+    return np.random.default_rng([seed, task])
+
+
+def _worker(conn, play_episode, seed, worker_id, first_task, render):
+    """Worker process: receive (task, weights or None, greedy), play that episode, send it back."""
+    env = make_env(render_mode="human" if render else None)
+    env.reset(seed=env_seed(seed, worker_id, first_task))
+    weights = None
+    try:
+        while True:
+            message = conn.recv()
+            if message is None:
+                return
+            task, new_weights, greedy = message
+            weights = new_weights if new_weights is not None else weights
+            conn.send(play_episode(env, weights, task_rng(seed, task), greedy=greedy))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return                                       # the learner is gone: so are we
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class WorkerPool:
+    """N worker processes, each playing one episode at a time with the weights the learner sends.
+    A context manager: leaving it stops every worker."""
+
+    def __init__(self, n_workers, play_episode, seed, first_task, render_first=False):
+        """play_episode(env, weights, rng, greedy) plays one episode; render_first: worker 0 shows its
+        games in a window (at the game's real speed)."""
+        ctx = multiprocessing.get_context("spawn")
+        self.conns, self.procs, self.busy, self.policies = [], [], set(), {}
+        ignored = {s: signal.signal(s, signal.SIG_IGN) for s in IGNORED_IN_WORKERS}   # inherited
+        try:
+            for worker_id in range(n_workers):
+                ours, theirs = ctx.Pipe()
+                render = render_first and worker_id == 0
+                proc = ctx.Process(target=_worker, args=(theirs, play_episode, seed, worker_id, first_task,
+                                                         render), daemon=True)
+                proc.start()
+                theirs.close()
+                self.conns.append(ours)
+                self.procs.append(proc)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            for s, handler in ignored.items():
+                signal.signal(s, handler)
+
+    def __len__(self):
+        return len(self.conns)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def idle(self):
+        return [w for w in range(len(self)) if w not in self.busy]
+
+    def start(self, worker, task, policy, greedy=False):
+        """Worker plays task next with policy (.version, .weights): the weights are sent only if the
+        worker does not have that version yet."""
+        fresh = self.policies.get(worker, (None,))[0] != policy[0]
+        self.policies[worker] = policy
+        try:
+            self.conns[worker].send((task, policy[1] if fresh else None, greedy))
+        except OSError:                              # its end of the pipe is closed: it died
+            raise WorkerError(self._death(worker)) from None
+        self.busy.add(worker)
+
+    def next_result(self, timeout):
+        """(worker, Episode, the policy it was played with) for an episode that finished, or None
+        after timeout seconds."""
+        ready = wait([self.conns[w] for w in self.busy] + [self.procs[w].sentinel for w in self.busy],
+                     timeout)
+        for worker in sorted(self.busy):
+            if self.conns[worker] in ready:
+                try:
+                    episode = self.conns[worker].recv()
+                except (EOFError, OSError):
+                    break
+                self.busy.discard(worker)
+                return worker, episode, self.policies[worker]
+        for worker in self.busy:
+            if not self.procs[worker].is_alive():
+                raise WorkerError(self._death(worker))
+        return None
+
+    def _death(self, worker):
+        self.procs[worker].join(timeout=1)
+        return f"worker {worker} died (exit code {self.procs[worker].exitcode}) while playing an episode"
+
+    def close(self):
+        """Stop every worker; an episode still being played is dropped (it was never counted)."""
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for conn in self.conns:
+            conn.close()
+        self.procs, self.conns = [], []
