@@ -96,7 +96,7 @@ def load(path):
         content = _PlainUnpickler(io.BytesIO(data)).load()
     except _Forbidden as e:
         raise CheckpointError(f"refusing to load {path}: {e}") from None
-    except Exception:                                 # truncated or not a pickle at all
+    except Exception:  # noqa: BLE001 (a truncated or foreign file can raise almost any exception)
         raise CheckpointError(f"checkpoint {path} is damaged or not a pong_pg checkpoint") from None
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pong_pg checkpoint")
@@ -105,5 +105,5 @@ def load(path):
                               f"this pong_pg reads version {VERSION}")
     try:
         return _decode(content["state"])
-    except Exception:
+    except Exception:  # noqa: BLE001 (bad dtypes, shapes or sizes raise TypeError, ValueError, ...)
         raise CheckpointError(f"checkpoint {path} is damaged: its arrays do not decode") from None

@@ -35,21 +35,29 @@ if __name__ == "__main__":
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse  # noqa: E402  (after the signal handlers and the BLAS setting, on purpose)
-import csv  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import NamedTuple  # noqa: E402
+import argparse
+import csv
+import math
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import checkpoint  # noqa: E402
-import watch  # noqa: E402
-from checkpoint import CheckpointError  # noqa: E402
-from preprocess import (D, COLORS, difference_values, learn_colors, preprocess,  # noqa: E402
-                        screen_difference, screen_pixels, sparse_difference)
-from workers import WorkerError, WorkerPool, make_env  # noqa: E402
+import checkpoint
+import watch
+from checkpoint import CheckpointError
+from preprocess import (
+    COLORS,
+    D,
+    difference_values,
+    learn_colors,
+    preprocess,
+    screen_difference,
+    screen_pixels,
+    sparse_difference,
+)
+from workers import WorkerError, WorkerPool
 
 # ---------------------------------------------------------------- hyperparameters (each is a flag)
 HIDDEN = 200            # hidden units
@@ -264,7 +272,7 @@ def batch_gradient_plain(model, episodes, gamma):
     xs = np.concatenate([x for x, _, _ in episodes])
     up = np.concatenate([u for _, u, _ in episodes])
     advantages = standardize(np.concatenate([discount_rewards(r, gamma) for _, _, r in episodes]))
-    ps, hs = zip(*(policy_forward(model, x) for x in xs))
+    ps, hs = zip(*(policy_forward(model, x) for x in xs), strict=True)
     return policy_backward(model, np.array(hs), xs, advantages * (up - np.array(ps)))
 
 

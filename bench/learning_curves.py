@@ -108,11 +108,14 @@ def planned_runs(args):
             for workers in args.workers:
                 flags, names = [], []
                 if lr is not None:
-                    flags += ["--lr", str(lr)]; names.append(f"lr {lr:g}")
+                    flags += ["--lr", str(lr)]
+                    names.append(f"lr {lr:g}")
                 if decay is not None:
-                    flags += ["--decay-rate", str(decay)]; names.append(f"decay {decay:g}")
+                    flags += ["--decay-rate", str(decay)]
+                    names.append(f"decay {decay:g}")
                 if workers is not None:
-                    flags += ["--workers", str(workers)]; names.append(f"{workers} workers")
+                    flags += ["--workers", str(workers)]
+                    names.append(f"{workers} workers")
                 for seed in args.seeds:
                     yield ", ".join(names) or "defaults", seed, flags + ["--seed", str(seed)]
 

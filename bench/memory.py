@@ -18,7 +18,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from throughput import _tree_rss_bytes  # noqa: E402
+from throughput import _tree_rss_bytes
 
 
 def main():

@@ -20,12 +20,12 @@ os.environ["OPENBLAS_NUM_THREADS"] = "1"          # as in the workers
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from pong_pg import DOWN, UP, init_model, play_episode, play_weights, policy_forward_sparse  # noqa: E402
-from preprocess import COLORS, D, difference_values, learn_colors, screen_difference, screen_pixels  # noqa: E402
-from workers import make_env  # noqa: E402
-from throughput import children_by_parent  # noqa: E402  (bench/, this script's folder)
+from pong_pg import DOWN, UP, init_model, play_episode, play_weights, policy_forward_sparse
+from preprocess import COLORS, D, difference_values, learn_colors, screen_difference, screen_pixels
+from throughput import children_by_parent
+from workers import make_env
 
 PIECES = ["the emulator (env.step, random UP/DOWN)", "+ read the palette screen", "+ downsample it to 80x80",
           "+ the sparse difference frame", "+ the sparse forward pass", "+ keep the step", "play_episode itself"]
@@ -82,7 +82,7 @@ def training_run(seconds):
         while not (os.path.exists(log) and os.path.getsize(log) > 80):    # the first episode is in
             time.sleep(0.05)
         workers = [pid for pid in children_by_parent().get(proc.pid, [])   # (not multiprocessing's tracker)
-                   if b"resource_tracker" not in open(f"/proc/{pid}/cmdline", "rb").read()]
+                   if b"resource_tracker" not in read_bytes(f"/proc/{pid}/cmdline")]
         pids = [proc.pid] + workers
         steps_before = np.loadtxt(log, delimiter=",", skiprows=1, ndmin=2)[-1, 4]
         before, start = [cpu_seconds(p) for p in pids], time.time()
@@ -91,7 +91,12 @@ def training_run(seconds):
         steps = np.loadtxt(log, delimiter=",", skiprows=1, ndmin=2)[-1, 4] - steps_before
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
-    return steps, wall, [(pid, 1e6 * (a - b) / steps) for pid, a, b in zip(pids, after, before)]
+    return steps, wall, [(pid, 1e6 * (a - b) / steps) for pid, a, b in zip(pids, after, before, strict=True)]
+
+
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def main():
@@ -110,7 +115,7 @@ def main():
 
     steps, wall, costs = training_run(args.seconds)
     print(f"\n2. pong_pg.py, {steps / wall:,.0f} steps/s over {wall:.0f} s; CPU us per agent step (all steps):")
-    for i, (pid, us) in enumerate(costs):
+    for i, (_pid, us) in enumerate(costs):
         print(f"   {'learner' if i == 0 else f'worker {i - 1}':10s} {us:6.1f}")
     cores = len(os.sched_getaffinity(0))
     print(f"   {'total':10s} {sum(us for _, us in costs):6.1f}   ({cores} cores x wall time per step: "

@@ -26,13 +26,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 USER_ENVIRONMENT = dict(os.environ)    # for the subprocesses: importing pong_pg sets one BLAS thread here
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import checkpoint  # noqa: E402
-import pong_pg  # noqa: E402
-from pong_pg import DOWN, UP  # noqa: E402
-from workers import make_env  # noqa: E402
-
+import checkpoint
+import pong_pg
+from pong_pg import DOWN, UP
+from workers import make_env
 
 # ---------------------------------------------------------------- memory of a process tree
 
@@ -115,14 +114,14 @@ def bare_emulator(workers, seconds):
 
 # ---------------------------------------------------------------- (b) the reference-equivalent trainer
 
-def prepro_2016(I):
+def prepro_2016(image):
     """The 2016 script's preprocessing: 210x160x3 uint8 frame -> 6400 float vector."""
-    I = I[35:195]
-    I = I[::2, ::2, 0]
-    I[I == 144] = 0
-    I[I == 109] = 0
-    I[I != 0] = 1
-    return I.astype(float).ravel()
+    image = image[35:195]
+    image = image[::2, ::2, 0]
+    image[image == 144] = 0
+    image[image == 109] = 0
+    image[image != 0] = 1
+    return image.astype(float).ravel()
 
 
 def reference_trainer(seconds):
@@ -144,7 +143,9 @@ def reference_trainer(seconds):
         prev = cur
         p, h = policy_forward(model, x)
         up = rng.random() < p
-        xs.append(x); hs.append(h); dlogps.append(float(up) - p)
+        xs.append(x)
+        hs.append(h)
+        dlogps.append(float(up) - p)
         obs, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
         rewards.append(reward)
         steps += 1

@@ -8,15 +8,13 @@ import time
 import numpy as np
 import pytest
 
+import checkpoint
+from pong_pg import DOWN, UP, init_model, play_weights
+from preprocess import dense_difference, difference_values, preprocess, sparse_difference
+from workers import make_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 PONG_PG = os.path.join(ROOT, "pong_pg.py")
-
-import checkpoint  # noqa: E402  (after ROOT joins the path)
-from pong_pg import DOWN, UP, init_model, play_weights  # noqa: E402
-from preprocess import dense_difference, difference_values, preprocess, sparse_difference  # noqa: E402
-from workers import make_env  # noqa: E402
-
 
 # ---------------------------------------------------------------- a real game
 

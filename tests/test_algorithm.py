@@ -4,9 +4,23 @@ import numpy as np
 import pytest
 
 from conftest import random_weights
-from pong_pg import (BatchGradient, Episode, accumulate_sparse_gradients, batch_gradient_plain, discount_rewards,
-                     init_model, play_episode, play_episode_plain, policy_backward, policy_forward,
-                     policy_forward_sparse, play_weights, rmsprop_step, sigmoid, standardize)
+from pong_pg import (
+    BatchGradient,
+    Episode,
+    accumulate_sparse_gradients,
+    batch_gradient_plain,
+    discount_rewards,
+    init_model,
+    play_episode,
+    play_episode_plain,
+    play_weights,
+    policy_backward,
+    policy_forward,
+    policy_forward_sparse,
+    rmsprop_step,
+    sigmoid,
+    standardize,
+)
 from preprocess import D
 from workers import make_env, task_rng
 
@@ -134,7 +148,7 @@ def test_batch_gradient_equals_the_plain_batch_gradient(episode):
     weights = play_weights(model)
     cuts = [0, 120, 250, len(up)]                     # three "episodes" of different lengths
     batch, plain = BatchGradient(200), []
-    for a, b in zip(cuts[:-1], cuts[1:]):
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
         r = rewards[a:b].copy()
         r[-1] = r[-1] or 1.0                          # each episode ends on a point
         batch.add_episode(weights, Episode(indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]],

@@ -3,8 +3,6 @@ import errno
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np

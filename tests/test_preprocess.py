@@ -1,7 +1,17 @@
 import numpy as np
 
-from preprocess import (BACKGROUND, UNKNOWN, dense_difference, difference_values, learn_colors, new_color_table,
-                        preprocess, screen_difference, screen_pixels, sparse_difference)
+from preprocess import (
+    BACKGROUND,
+    UNKNOWN,
+    dense_difference,
+    difference_values,
+    learn_colors,
+    new_color_table,
+    preprocess,
+    screen_difference,
+    screen_pixels,
+    sparse_difference,
+)
 
 
 def test_preprocessed_frame_is_80x80_binary(real_frames):
@@ -35,7 +45,7 @@ def test_difference_at_episode_start_is_zero(real_frames):
 
 def test_sparse_difference_equals_dense_difference(real_frames):
     nonzero = []
-    for previous, current in zip(real_frames[:-1], real_frames[1:]):
+    for previous, current in zip(real_frames[:-1], real_frames[1:], strict=True):
         a, b = preprocess(previous), preprocess(current)
         dense = dense_difference(b, a)
         sparse = np.zeros(6400)
@@ -57,10 +67,10 @@ def test_the_palette_screen_gives_the_same_difference_frames_as_the_rgb_frames(r
     screen_pixels(screens[0], previous)
     learn_colors(colors, previous, screens[0], lambda: rgb_frame(frames[0]))
     changed_pixels = []
-    for before, frame, screen in zip(frames[:-1], frames[1:], screens[1:]):
+    for before, frame, screen in zip(frames[:-1], frames[1:], screens[1:], strict=True):
         pixels = np.empty(6400, np.uint8)
         screen_pixels(screen, pixels)
-        idx, on = screen_difference(pixels, previous, colors, screen, lambda: rgb_frame(frame))
+        idx, on = screen_difference(pixels, previous, colors, screen, lambda frame=frame: rgb_frame(frame))
         expected_idx, expected_on = sparse_difference(preprocess(frame), preprocess(before))
         np.testing.assert_array_equal(idx, expected_idx)
         np.testing.assert_array_equal(on, expected_on)

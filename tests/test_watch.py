@@ -23,7 +23,8 @@ def trained(tmp_path_factory):
 
 
 def png_size(path):
-    data = open(path, "rb").read(24)
+    with open(path, "rb") as f:
+        data = f.read(24)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
@@ -122,7 +123,8 @@ def test_the_shipped_agent_is_used_when_there_is_no_run_yet(trained, tmp_path, m
 
 
 def test_conflicting_modes_are_refused(tmp_path):
-    for flags in (["--play", "--eval", "2"], ["--plot", "--resume"], ["--record", "a.avi"], ["--eval", "1", "--render"]):
+    for flags in (["--play", "--eval", "2"], ["--plot", "--resume"], ["--record", "a.avi"],
+                  ["--eval", "1", "--render"]):
         result = run(*flags, "--checkpoint-dir", tmp_path)
         assert result.returncode == 2 and "error" in result.stderr
 
