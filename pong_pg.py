@@ -15,20 +15,41 @@ import sys
 
 
 class Stop:
-    """The signal that asked training to stop (SIGINT, SIGTERM, SIGHUP), or None; the training loop
-    checks it between episodes. Installed before anything else loads, so that a stop at any moment
-    of start-up ends the same clean way."""
-    signal = None
+    """The signal that asked us to stop (SIGINT, SIGTERM, SIGHUP), or None. Training checks it between
+    episodes, then saves and exits 128 + the signal's number. Caught before anything else loads, so
+    that a stop at any moment of start-up ends the same clean way."""
+    signum = None
+    SIGNALS = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
 
     @classmethod
     def handler(cls, signum, frame):
-        cls.signal = signum
+        cls.signum = signum
+        if signum == getattr(signal, "SIGHUP", None):
+            cls.silence_closed_terminal()
+
+    @staticmethod
+    def silence_closed_terminal():
+        """After SIGHUP the terminal may be gone, and writing to it fails: print to nowhere instead."""
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            try:
+                if stream.isatty():
+                    setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 (replaces the stream for good)
+            except (OSError, ValueError):
+                pass
+
+    @classmethod
+    def catch(cls):
+        """From now on the stop signals set Stop.signum. A SIGHUP that is ignored already (nohup)
+        stays ignored."""
+        for signum in cls.SIGNALS:
+            if signum == getattr(signal, "SIGHUP", None) and signal.getsignal(signum) == signal.SIG_IGN:
+                continue
+            signal.signal(signum, cls.handler)
 
 
-STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
 if __name__ == "__main__":
-    for _signum in STOP_SIGNALS:
-        signal.signal(_signum, Stop.handler)
+    Stop.catch()
 
 # One BLAS thread per process: the worker processes already keep every core busy, and BLAS threads
 # spinning beside them slow everything down. Must be set before numpy loads.
@@ -379,7 +400,7 @@ def train(args, state, paths):
             for worker in pool.idle():
                 if wanted(state, pool, last_episode):
                     hand_out(pool, worker, state, policy)
-            while pool.busy and Stop.signal is None:
+            while pool.busy and Stop.signum is None:
                 # -- collect: the next finished episode, and the weights it was played with
                 result = pool.next_result(timeout=0.2)
                 if result is None:
@@ -421,9 +442,9 @@ def train(args, state, paths):
                             last_save = state["episode"]
                             last_pictures = time.time() if pictures else last_pictures
         except WorkerError as e:
-            if Stop.signal is None:            # a worker killed by the same signal is no failure
+            if Stop.signum is None:            # a worker killed by the same signal is no failure
                 return e, batch, clock
-    return (signal.Signals(Stop.signal).name if Stop.signal else "done"), batch, clock
+    return (signal.Signals(Stop.signum).name if Stop.signum else "done"), batch, clock
 
 
 def wanted(state, pool, last_episode):
@@ -724,15 +745,23 @@ def watch_agent(args):
             print(f"wrote {picture}")
     elif args.eval:
         print(f"evaluating over {args.eval} games per policy on {args.workers} worker(s)")
-        watch.print_evaluation(watch.evaluate(play_episode, weights, args.eval, args.seed, args.workers))
+        results = watch.evaluate(play_episode, weights, args.eval, args.seed, args.workers, stopped)
+        if results:
+            watch.print_evaluation(results)
     elif args.record:
         try:
-            watch.record(play_episode, weights, args.record, args.seed, args.greedy, args.max_steps)
+            watch.record(play_episode, weights, args.record, args.seed, args.greedy, args.max_steps, stopped)
         except watch.MissingDependency as e:
             fail(e)
+        except OSError as e:
+            fail(f"cannot write {args.record}: {e.strerror or e}")
     else:
         need_display("--play")
-        watch.show(play_episode, weights, args.episodes, args.seed, args.greedy, args.max_steps)
+        watch.show(play_episode, weights, args.episodes, args.seed, args.greedy, args.max_steps, stopped)
+
+
+def stopped():
+    return Stop.signum is not None
 
 
 def need_display(flag):
@@ -767,29 +796,22 @@ def prepare_run(args, paths):
     return state
 
 
-def catch_stop_signals():
-    """From now on SIGINT, SIGTERM and SIGHUP only set Stop.signal (as they do from the start when
-    pong_pg.py runs as a script; main() called from Python starts with no stop pending)."""
-    if signal.getsignal(signal.SIGINT) != Stop.handler:
-        Stop.signal = None
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, Stop.handler)
-
-
 def exit_if_stopped():
     """A stop asked for before anything was written ends here, quietly: 128 + the signal's number."""
-    if Stop.signal is not None:
-        sys.exit(128 + Stop.signal)
+    if Stop.signum is not None:
+        sys.exit(128 + Stop.signum)
 
 
 def main(argv=None):
-    catch_stop_signals()
+    if signal.getsignal(signal.SIGINT) != Stop.handler:    # called from Python: no stop pending yet
+        Stop.signum = None
+        Stop.catch()
     args = parse_args(argv)
     exit_if_stopped()
     if args.watching:
-        for signum in STOP_SIGNALS:                    # a stop ends watching at once, quietly
-            signal.signal(signum, lambda signum, frame: sys.exit(128 + signum))
-        return watch_agent(args)
+        watch_agent(args)
+        exit_if_stopped()
+        return
     try:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
     except OSError as e:
@@ -814,7 +836,7 @@ def main(argv=None):
             fail("the final checkpoint could not be saved")
         return
     saved = save(paths, state, batch, clock, f"stopped by {ended}")
-    sys.exit(128 + Stop.signal if saved else 1)
+    sys.exit(128 + Stop.signum if saved else 1)
 
 
 if __name__ == "__main__":

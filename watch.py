@@ -38,6 +38,14 @@ def points(episode):
     return int((episode.rewards > 0).sum()), int((episode.rewards < 0).sum())
 
 
+class Stopped(Exception):
+    """A stop signal arrived while a game was being played."""
+
+
+def never():
+    return False
+
+
 def describe(episode):
     won, lost = points(episode)
     return f"{won}-{lost}" + (" (cut short)" if won < 21 and lost < 21 else "")
@@ -45,17 +53,26 @@ def describe(episode):
 
 # ---------------------------------------------------------------- play in a window
 
-def show(play_episode, weights, episodes, seed, greedy, max_steps):
-    """Show the agent in a window (ale-py's own SDL window, at the game's real speed)."""
+def show(play_episode, weights, episodes, seed, greedy, max_steps, stopped=never):
+    """Show the agent in a window (ale-py's own SDL window, at the game's real speed), until
+    `episodes` games are over or stopped() says to stop."""
+    def on_step(frame, rewards):
+        if stopped():
+            raise Stopped
     env = make_env(render_mode="human")
     env.reset(seed=seed)
     game = 0
-    while episodes is None or game < episodes:
-        game += 1
-        episode = play_episode(env, weights, task_rng(seed + EVAL_SEED_OFFSET, game), greedy=greedy,
-                               max_steps=max_steps)
-        print(f"game {game}: {describe(episode)}, score {episode.score:+d}, {episode.steps} steps", flush=True)
-    env.close()
+    try:
+        while (episodes is None or game < episodes) and not stopped():
+            game += 1
+            episode = play_episode(env, weights, task_rng(seed + EVAL_SEED_OFFSET, game), greedy=greedy,
+                                   on_step=on_step, max_steps=max_steps)
+            print(f"game {game}: {describe(episode)}, score {episode.score:+d}, {episode.steps} steps",
+                  flush=True)
+    except Stopped:
+        pass
+    finally:
+        env.close()
 
 
 # ---------------------------------------------------------------- record a video
@@ -123,16 +140,18 @@ class GifWriter:
         first.save(self.path, save_all=True, append_images=frames, duration=round(1000 / RECORD_FPS), loop=0)
 
 
-def record(play_episode, weights, path, seed, greedy, max_steps):
+def record(play_episode, weights, path, seed, greedy, max_steps, stopped=never):
     """Play one game without a window and write it to a video file; show progress on the way. The
-    video is written to a temporary file beside path and renamed when whole: an interrupted or failed
-    recording leaves nothing behind."""
+    video is written to a temporary file beside path and renamed when whole: a recording that fails
+    or is stopped (stopped() turns true) leaves nothing behind."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1],
                                dir=os.path.dirname(os.path.abspath(path)))
     os.close(fd)
     try:
-        episode, seconds = _record_to(play_episode, weights, tmp, seed, greedy, max_steps)
+        episode, seconds = _record_to(play_episode, weights, tmp, seed, greedy, max_steps, stopped)
         os.replace(tmp, path)
+    except Stopped:
+        return
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -140,13 +159,15 @@ def record(play_episode, weights, path, seed, greedy, max_steps):
           f"game {describe(episode)}, {seconds:.0f} s to record")
 
 
-def _record_to(play_episode, weights, path, seed, greedy, max_steps):
+def _record_to(play_episode, weights, path, seed, greedy, max_steps, stopped):
     video = open_video(path)
     env = make_env()
     env.reset(seed=seed)
     start, last_report = time.time(), [0.0]
 
     def on_step(frame, rewards):
+        if stopped():
+            raise Stopped
         video.write(frame)
         if time.time() - last_report[0] > 2:
             last_report[0] = time.time()
@@ -163,15 +184,17 @@ def _record_to(play_episode, weights, path, seed, greedy, max_steps):
 
 # ---------------------------------------------------------------- evaluate
 
-def evaluate(play_episode, weights, n, seed, workers):
+def evaluate(play_episode, weights, n, seed, workers, stopped=never):
     """Play n games with the sampled policy and n with the greedy one, on all workers, no learning.
-    Returns {"sampled": [Episode], "greedy": [Episode]}."""
+    Returns {"sampled": [Episode], "greedy": [Episode]}, or None if stopped() turned true first."""
     jobs = ["sampled"] * n + ["greedy"] * n
     results = {"sampled": [], "greedy": []}
     policy = (0, weights)                           # (version, weights): sent to each worker once
     running, next_job = {}, 0
     with WorkerPool(min(workers, len(jobs)), play_episode, seed, EVAL_SEED_OFFSET) as pool:
         while pool.busy or next_job < len(jobs):
+            if stopped():
+                return None
             for worker in pool.idle():
                 if next_job < len(jobs):
                     running[worker] = jobs[next_job]

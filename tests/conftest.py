@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: a real game of Pong, and the trainer run as a user runs it."""
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -74,6 +75,23 @@ def start(*args, **kwargs):
     """python pong_pg.py ARGS in the background; its Popen."""
     return subprocess.Popen([sys.executable, PONG_PG, *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def one_episode_run(tmp_path_factory):
+    """A run of one episode (1 worker, seed 0); tests copy it with copy_run rather than change it."""
+    directory = tmp_path_factory.mktemp("one_episode_run")
+    result = run("--episodes", 1, "--workers", 1, "--checkpoint-dir", directory)
+    assert result.returncode == 0, result.stderr
+    return directory
+
+
+def copy_run(source, destination):
+    """The checkpoint and the log of the run in source, copied into destination."""
+    os.makedirs(destination, exist_ok=True)
+    for name in ("pong_pg.pkl", "log.csv"):
+        shutil.copy(os.path.join(source, name), os.path.join(destination, name))
+    return destination
 
 
 def log_rows(directory):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import checkpoint
-from conftest import children_of, gone, log_rows, run, saved, start, wait_for_rows
+from conftest import children_of, copy_run, gone, log_rows, run, saved, start, wait_for_rows
 from pong_pg import init_model
 
 
@@ -50,8 +50,8 @@ def test_train_then_resume_continues_numbering_log_and_state(tmp_path):
     assert not np.array_equal(after["model"]["W1"], state["model"]["W1"])   # the second update moved it on
 
 
-def test_fresh_start_over_an_existing_run_is_refused_and_keeps_it(tmp_path):
-    assert run("--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path).returncode == 0
+def test_fresh_start_over_an_existing_run_is_refused_and_keeps_it(tmp_path, one_episode_run):
+    copy_run(one_episode_run, tmp_path)
     before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
     again = run("--episodes", 1, "--checkpoint-dir", tmp_path)
     assert again.returncode == 2
@@ -61,10 +61,10 @@ def test_fresh_start_over_an_existing_run_is_refused_and_keeps_it(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "missing", "wrong shape"])
-def test_resume_from_an_unusable_checkpoint_gives_one_clear_line(tmp_path, damage):
+def test_resume_from_an_unusable_checkpoint_gives_one_clear_line(tmp_path, one_episode_run, damage):
     path = tmp_path / "pong_pg.pkl"
     if damage != "missing":
-        assert run("--episodes", 1, "--workers", 1, "--hidden", 8, "--checkpoint-dir", tmp_path).returncode == 0
+        copy_run(one_episode_run, tmp_path)
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[:1000])
     elif damage == "garbage":
@@ -83,8 +83,8 @@ def test_resume_from_an_unusable_checkpoint_gives_one_clear_line(tmp_path, damag
     assert (path.read_bytes() if path.exists() else None) == before
 
 
-def test_resume_with_other_hidden_size_is_refused(tmp_path):
-    assert run("--episodes", 1, "--workers", 1, "--hidden", 8, "--checkpoint-dir", tmp_path).returncode == 0
+def test_resume_with_other_hidden_size_is_refused(tmp_path, one_episode_run):
+    copy_run(one_episode_run, tmp_path)
     result = run("--resume", "--hidden", 16, "--episodes", 1, "--checkpoint-dir", tmp_path)
     assert result.returncode == 1 and "hidden units" in result.stderr
 

@@ -10,7 +10,7 @@ import pytest
 
 import checkpoint
 import pong_pg
-from conftest import children_of, gone, log_rows, run, saved, start, wait_for_rows
+from conftest import children_of, copy_run, gone, log_rows, run, saved, start, wait_for_rows
 
 
 def workers_of(pid):
@@ -88,8 +88,8 @@ def test_a_failing_save_keeps_the_previous_checkpoint_and_training_goes_on(tmp_p
     assert not [name for name in os.listdir(tmp_path) if name.startswith(checkpoint.TEMPORARY_PREFIX)]
 
 
-def test_a_failing_final_save_exits_non_zero(tmp_path, monkeypatch, capsys):
-    assert run("--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path).returncode == 0
+def test_a_failing_final_save_exits_non_zero(tmp_path, one_episode_run, monkeypatch, capsys):
+    copy_run(one_episode_run, tmp_path)
     good = (tmp_path / "pong_pg.pkl").read_bytes()
 
     def denied(path, state):
@@ -104,9 +104,9 @@ def test_a_failing_final_save_exits_non_zero(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
 @pytest.mark.parametrize("poison", ["model", "cache", "gradient"])
-def test_non_finite_numbers_stop_training_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch, capsys,
-                                                                          poison):
-    assert run("--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path).returncode == 0
+def test_non_finite_numbers_stop_training_and_keep_the_last_good_checkpoint(tmp_path, one_episode_run, monkeypatch,
+                                                                          capsys, poison):
+    copy_run(one_episode_run, tmp_path)
     good = (tmp_path / "pong_pg.pkl").read_bytes()
     real_step = pong_pg.rmsprop_step
 
@@ -152,8 +152,8 @@ def test_resume_never_runs_code_from_a_hostile_checkpoint(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_a_checkpoint_of_another_format_version_is_refused(tmp_path):
-    assert run("--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path).returncode == 0
+def test_a_checkpoint_of_another_format_version_is_refused(tmp_path, one_episode_run):
+    copy_run(one_episode_run, tmp_path)
     state = checkpoint.load(tmp_path / "pong_pg.pkl")
     import pickle
     (tmp_path / "pong_pg.pkl").write_bytes(pickle.dumps({"format": checkpoint.FORMAT, "version": 0,
