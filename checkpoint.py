@@ -14,9 +14,19 @@ import tempfile
 
 import numpy as np
 
+try:
+    import fcntl  # POSIX
+except ImportError:
+    fcntl = None
+try:
+    import msvcrt  # Windows
+except ImportError:
+    msvcrt = None
+
 FORMAT = "pong_pg checkpoint"
 VERSION = 1
 TEMPORARY_PREFIX = ".tmp-"
+LOCK_FILE = ".lock"
 
 
 class CheckpointError(Exception):
@@ -107,3 +117,56 @@ def load(path):
         return _decode(content["state"])
     except Exception:  # noqa: BLE001 (bad dtypes, shapes or sizes raise TypeError, ValueError, ...)
         raise CheckpointError(f"checkpoint {path} is damaged: its arrays do not decode") from None
+
+
+class DirectoryInUse(Exception):
+    """Another process holds the directory's lock; .pid is its process id where known."""
+
+    def __init__(self, pid):
+        super().__init__(pid)
+        self.pid = pid
+
+
+class DirectoryLock:
+    """An OS lock on a directory for as long as this process holds it: flock on the directory itself
+    on POSIX, msvcrt.locking on DIR/.lock on Windows. The OS releases it when the process ends,
+    however it ends (kill -9, power loss), so nothing stale is left to clean up. A context manager.
+    DIR/.lock names the holder's pid, for the message another process gets."""
+
+    def __init__(self, directory):
+        """Take the lock, or raise DirectoryInUse. Writes nothing until it holds the lock."""
+        self.pid_file = os.path.join(directory, LOCK_FILE)
+        self.fd = os.open(directory if fcntl else self.pid_file, os.O_RDONLY if fcntl else os.O_RDWR | os.O_CREAT)
+        try:
+            if fcntl is not None:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            os.close(self.fd)
+            raise DirectoryInUse(self._holder()) from None
+
+    def _holder(self):
+        try:
+            with open(self.pid_file) as f:
+                text = f.read().strip()
+        except OSError:                     # none yet, or Windows: the holder's locked byte is unreadable
+            return None
+        return int(text) if text.isdigit() else None
+
+    def name_holder(self):
+        """Write this process's pid into DIR/.lock (once the run is under way)."""
+        if fcntl is not None:
+            with open(self.pid_file, "w") as f:
+                f.write(str(os.getpid()))
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()

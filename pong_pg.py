@@ -57,7 +57,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse
-import csv
+import contextlib
+import errno
 import math
 import time
 from dataclasses import dataclass
@@ -338,12 +339,26 @@ class BatchGradient:
         return {"W1": W1T.T, "W2": (self.sums_W2[0] - mean * self.sums_W2[1]) / std}
 
     def state(self):
-        return dict(vars(self))
+        """The unfinished batch as a checkpoint keeps it, compactly: the W1 sums of the pixels the
+        batch touched (the rest are zero), in float32; the other sums as they are."""
+        pixels = np.flatnonzero(self.sums_W1T.any(axis=1))
+        return {"pixels": pixels.astype(np.int16), "sums_W1T": self.sums_W1T[pixels].astype(np.float32),
+                "sums_W2": self.sums_W2.copy(), "sum_R": self.sum_R, "sum_R2": self.sum_R2,
+                "steps": self.steps, "episodes": self.episodes}
 
     @classmethod
-    def from_state(cls, state):
-        batch = cls.__new__(cls)
-        vars(batch).update(state)
+    def from_state(cls, state, hidden):
+        """The batch of state(), or an empty one for None. ValueError if it does not fit hidden."""
+        batch = cls(hidden)
+        if state is None:
+            return batch
+        pixels = state.get("pixels", slice(None))        # older checkpoints keep every pixel's sums
+        if np.shape(state["sums_W1T"])[1:] != (2 * hidden,) or np.shape(state["sums_W2"]) != (2, hidden):
+            raise ValueError("the unfinished batch's sums do not fit the network")
+        batch.sums_W1T[pixels] = state["sums_W1T"]
+        batch.sums_W2[:] = state["sums_W2"]
+        batch.sum_R, batch.sum_R2 = float(state["sum_R"]), float(state["sum_R2"])
+        batch.steps, batch.episodes = int(state["steps"]), int(state["episodes"])
         return batch
 
 
@@ -385,7 +400,7 @@ def train(args, state, paths):
     the batch; every batch_size episodes, one RMSProp step. Returns why it ended: "done", a stop
     signal's name, or a WorkerError."""
     hyper, model, cache = state["hyper"], state["model"], state["cache"]
-    batch = BatchGradient.from_state(state["batch"]) if state["batch"] else BatchGradient(hyper["hidden"])
+    batch = BatchGradient.from_state(state["batch"], hyper["hidden"])
     policy = Policy(state["updates"], play_weights(model))
     last_episode = state["episode"] + args.episodes if args.episodes else None
     clock = Clock(state["wall_seconds"])
@@ -395,10 +410,10 @@ def train(args, state, paths):
           f"lr {hyper['lr']}, batch {hyper['batch_size']}, gamma {hyper['gamma']}, "
           f"decay {hyper['decay_rate']}, {hyper['hidden']} hidden units, seed {hyper['seed']}")
     with WorkerPool(args.workers, play_episode, hyper["seed"], state["next_task"],
-                    render_first=args.render) as pool, EpisodeLog(paths["log"]) as log:
+                    render_first=args.render) as pool, EpisodeLog(paths["log"], state["log_pending"]) as log:
         try:
             for worker in pool.idle():
-                if wanted(state, pool, last_episode):
+                if wanted(state, pool, last_episode) and Stop.signum is None:
                     hand_out(pool, worker, state, policy)
             while pool.busy and Stop.signum is None:
                 # -- collect: the next finished episode, and the weights it was played with
@@ -437,6 +452,7 @@ def train(args, state, paths):
 
                     # -- save: every save_every episodes; pictures at most every PICTURES_EVERY s
                     if state["episode"] - last_save >= args.save_every:
+                        log.sync()
                         pictures = last_pictures is None or time.time() - last_pictures >= PICTURES_EVERY
                         if save(paths, state, batch, clock, f"every {args.save_every} episodes", pictures):
                             last_save = state["episode"]
@@ -569,7 +585,8 @@ def new_state(hyper, seed):
     return {"hyper": dict(hyper, seed=seed), "model": model,
             "cache": {k: np.zeros_like(v) for k, v in model.items()},   # RMSProp's running mean of g^2
             "episode": 0, "total_steps": 0, "updates": 0, "next_task": 0,
-            "running_mean": None, "wall_seconds": 0.0, "batch": None}
+            "running_mean": None, "wall_seconds": 0.0, "batch": None,
+            "log_pending": []}      # log rows the disk did not take yet (written with the next row that fits)
 
 
 def check_arrays(state, parts, path):
@@ -596,8 +613,15 @@ def load_state(path):
                 raise CheckpointError(f"checkpoint {path} is damaged: bad {k}")
         for k in HYPER_FLAGS:
             state["hyper"][k]
+        state.setdefault("log_pending", [])
+        if not all(isinstance(row, str) for row in state["log_pending"]):
+            raise CheckpointError(f"checkpoint {path} is damaged: bad log rows")
     except (KeyError, TypeError, AttributeError):
         raise CheckpointError(f"checkpoint {path} is damaged: it lacks part of the training state") from None
+    try:
+        BatchGradient.from_state(state["batch"], state["hyper"]["hidden"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        raise CheckpointError(f"checkpoint {path} is damaged: its unfinished batch does not decode") from None
     return state
 
 
@@ -663,9 +687,10 @@ def save(paths, state, batch, clock, reason, pictures=True):
 
 def trim_log(path, last_episode):
     """Keep the header and the rows of episodes 1..last_episode: rows written after the checkpoint
-    was saved (those episodes will be played again) and a torn last line are dropped."""
+    was saved (those episodes will be played again) and a torn last line are dropped. Returns the
+    last episode the log then holds (0 if none)."""
     if not os.path.exists(path):
-        return
+        return 0
     with open(path, newline="") as f:
         lines = f.read().splitlines(keepends=True)
     kept = lines[:1]
@@ -676,31 +701,73 @@ def trim_log(path, last_episode):
             kept.append(line)
     if kept != lines:
         tmp = path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", newline="") as f:
+                f.writelines(kept)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return len(kept) - 1
+
+
+def log_row_episode(row):
+    return int(row.split(",", 1)[0])
 
 
 class EpisodeLog:
-    """log.csv, one row per episode, flushed as it is written (a context manager: closed on exit)."""
+    """log.csv, one row per episode, appended as it is played. A row the disk does not take (full)
+    waits in `pending` (the checkpoint's list, so a save keeps it too) and is written, whole, with the
+    next row that fits: the log never holds a torn row, and never loses one. A context manager."""
 
-    def __init__(self, path):
-        new = not os.path.exists(path) or os.path.getsize(path) == 0
-        self.file = open(path, "a", newline="")  # noqa: SIM115 (open for the whole run; closed by __exit__)
-        self.writer = csv.writer(self.file, lineterminator="\n")
-        if new:
-            self.writer.writerow(LOG_COLUMNS)
+    def __init__(self, path, pending):
+        self.path, self.pending, self.failing = path, pending, False
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if os.fstat(self.fd).st_size == 0:
+            self.pending.insert(0, ",".join(LOG_COLUMNS) + "\n")
+        self.write_pending()
 
     def append(self, state, episode, wall_seconds):
-        self.writer.writerow([state["episode"], episode.score, f"{state['running_mean']:.4f}", episode.steps,
-                              state["total_steps"], state["updates"], f"{wall_seconds:.1f}"])
-        self.file.flush()
+        self.pending.append(f"{state['episode']},{episode.score},{state['running_mean']:.4f},{episode.steps},"
+                            f"{state['total_steps']},{state['updates']},{wall_seconds:.1f}\n")
+        self.write_pending()
+
+    def write_pending(self):
+        """Write the pending rows in one append; on failure cut the file back to its whole rows."""
+        if not self.pending:
+            return
+        data = "".join(self.pending).encode()
+        size = os.fstat(self.fd).st_size
+        try:
+            if os.write(self.fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, size)
+            if not self.failing:
+                print(f"warning: could not write to {self.path} ({e.strerror or e}); its rows wait in memory "
+                      f"and in the checkpoint until they fit", file=sys.stderr)
+            self.failing = True
+            return
+        self.pending.clear()
+        if self.failing:
+            print(f"note: {self.path} is written again, no row lost", file=sys.stderr)
+        self.failing = False
+
+    def sync(self):
+        """Flush the log to disk (before a checkpoint is saved, so that a power loss cannot leave the
+        log behind it)."""
+        self.write_pending()
+        with contextlib.suppress(OSError):
+            os.fsync(self.fd)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.file.close()
+        with contextlib.suppress(OSError):
+            os.fsync(self.fd)
+        os.close(self.fd)
 
 
 # ---------------------------------------------------------------- watching an agent
@@ -782,7 +849,11 @@ def prepare_run(args, paths):
         except CheckpointError as e:
             fail(e)
         state["hyper"].update(choose_hyperparameters(args, state))
-        trim_log(paths["log"], state["episode"])
+        try:
+            logged = trim_log(paths["log"], state["episode"])
+        except OSError as e:
+            fail(f"cannot trim {paths['log']} to the checkpoint: {e.strerror or e}; nothing was changed")
+        state["log_pending"] = [row for row in state["log_pending"] if log_row_episode(row) > logged]
         return state
     for what in ("checkpoint", "log"):
         if os.path.exists(paths[what]):
@@ -820,23 +891,33 @@ def main(argv=None):
              "log": os.path.join(args.checkpoint_dir, LOG_FILE)}
     if args.render:
         need_display("--render")
-    exit_if_stopped()
-    state = prepare_run(args, paths)
-    checkpoint.remove_temporaries(args.checkpoint_dir)
     try:
-        ended, batch, clock = train(args, state, paths)
-    except FloatingPointError as e:
-        fail(f"training diverged: {e}; stopped without saving, the last checkpoint is kept")
-    if isinstance(ended, WorkerError):
-        print(f"pong_pg: error: {ended}", file=sys.stderr)
-        save(paths, state, batch, clock, "after a worker failed")
-        sys.exit(1)
-    if ended == "done":
-        if not save(paths, state, batch, clock, "done"):
-            fail("the final checkpoint could not be saved")
-        return
-    saved = save(paths, state, batch, clock, f"stopped by {ended}")
-    sys.exit(128 + Stop.signum if saved else 1)
+        lock = checkpoint.DirectoryLock(args.checkpoint_dir)
+    except checkpoint.DirectoryInUse as e:
+        holder = f" (pid {e.pid})" if e.pid else ""
+        fail(f"{args.checkpoint_dir} is in use by another trainer{holder}: stop it first, or train in "
+             f"another --checkpoint-dir")
+    except OSError as e:
+        fail(f"cannot lock {args.checkpoint_dir}: {e.strerror or e}")
+    with lock:                  # one trainer per directory, until this one ends (the OS frees it on a kill)
+        exit_if_stopped()
+        state = prepare_run(args, paths)
+        lock.name_holder()
+        checkpoint.remove_temporaries(args.checkpoint_dir)
+        try:
+            ended, batch, clock = train(args, state, paths)
+        except FloatingPointError as e:
+            fail(f"training diverged: {e}; stopped without saving, the last checkpoint is kept")
+        if isinstance(ended, WorkerError):
+            print(f"pong_pg: error: {ended}", file=sys.stderr)
+            save(paths, state, batch, clock, "after a worker failed")
+            sys.exit(1)
+        if ended == "done":
+            if not save(paths, state, batch, clock, "done"):
+                fail("the final checkpoint could not be saved")
+            return
+        saved = save(paths, state, batch, clock, f"stopped by {ended}")
+        sys.exit(128 + Stop.signum if saved else 1)
 
 
 if __name__ == "__main__":

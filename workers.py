@@ -38,6 +38,8 @@ def task_rng(seed, task):
 
 def _worker(conn, play_episode, seed, worker_id, first_task, render):
     """Worker process: receive (task, weights or None, greedy), play that episode, send it back."""
+    for signum in IGNORED_IN_WORKERS:               # inherited as ignored on POSIX; Windows needs it here
+        signal.signal(signum, signal.SIG_IGN)
     env = make_env(render_mode="human" if render else None)
     env.reset(seed=env_seed(seed, worker_id, first_task))
     weights = None

@@ -208,3 +208,23 @@ def test_play_episode_plays_the_same_game_as_play_episode_plain():
         for field in ("indptr", "idx", "vals", "up", "rewards"):
             np.testing.assert_array_equal(getattr(fast, field), getattr(plain, field), err_msg=field)
         assert fast.steps > 500 and (fast.rewards != 0).sum() >= 21
+
+
+def test_an_unfinished_batch_saved_and_restored_gives_the_same_gradient(episode):
+    """A checkpoint keeps the batch's sums in float32, for the pixels it touched: the gradient after a
+    resume equals the uninterrupted one to float32 rounding."""
+    frames, X, up, rewards = episode
+    (indptr, idx, vals) = frames
+    weights = random_weights(6)
+    halves = [Episode(indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]], vals[indptr[a]:indptr[b]], up[a:b],
+                      rewards[a:b]) for a, b in ((0, 200), (200, len(up)))]
+    whole, resumed = BatchGradient(200), BatchGradient(200)
+    for episode_ in halves:
+        whole.add_episode(weights, episode_, 0.99)
+    resumed.add_episode(weights, halves[0], 0.99)
+    resumed = BatchGradient.from_state(resumed.state(), 200)
+    resumed.add_episode(weights, halves[1], 0.99)
+    expected, got = whole.gradient(), resumed.gradient()
+    assert (resumed.steps, resumed.episodes) == (whole.steps, whole.episodes)
+    for k in ("W1", "W2"):
+        np.testing.assert_allclose(got[k], expected[k], rtol=0, atol=1e-6 * np.abs(expected[k]).max())

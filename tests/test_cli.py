@@ -25,6 +25,11 @@ def test_train_then_resume_continues_numbering_log_and_state(tmp_path):
     state = saved(tmp_path)
     assert (state["episode"], state["updates"]) == (3, 1)
     assert state["batch"]["episodes"] == 1                 # the 3rd episode waits in the next batch
+    # a checkpoint holds the weights, the RMSProp cache (float32, 5.1 MB each) and the unfinished
+    # batch's sums of the pixels it touched (float32, 200 x 2 a pixel): about 10 MB, at most 20.5
+    touched = len(state["batch"]["pixels"])
+    size = (tmp_path / "pong_pg.pkl").stat().st_size
+    assert 0 < touched < 6400 and size <= 2 * 200 * 6400 * 4 + touched * 400 * 4 + 100_000
     # the update was RMSProp's first step from the seed's initial weights: with an empty cache,
     # cache = (1 - decay) g^2, so each weight with a gradient moved by lr / sqrt(1 - decay) (for |g| >> eps)
     moved = np.abs(state["model"]["W1"] - init_model(200, np.random.default_rng(0))["W1"])

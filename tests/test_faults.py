@@ -74,6 +74,8 @@ def test_a_failing_save_keeps_the_previous_checkpoint_and_training_goes_on(tmp_p
     real_fsync, calls = os.fsync, []
 
     def disk_full_twice(fd):                          # the first two saves fail half-way, disk full
+        if checkpoint.TEMPORARY_PREFIX not in os.readlink(f"/proc/self/fd/{fd}"):
+            return real_fsync(fd)                      # the log's, or the directory's
         calls.append(fd)
         if len(calls) <= 2:
             assert (tmp_path / "pong_pg.pkl").read_bytes() == good
@@ -160,3 +162,51 @@ def test_a_checkpoint_of_another_format_version_is_refused(tmp_path, one_episode
                                                          "state": checkpoint._encode(state)}))
     result = run("--resume", "--episodes", 1, "--checkpoint-dir", tmp_path)
     assert result.returncode == 1 and "format version 0" in result.stderr
+
+
+def failing_log_writes(monkeypatch, fails):
+    """os.write to log.csv fails with 'No space left on device' while fails() says so; the first
+    failure writes half of the data first, as a disk that fills up mid-write does."""
+    real_write, calls = os.write, []
+
+    def write(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("log.csv") and fails():
+            calls.append(len(data))
+            if len(calls) == 1:
+                real_write(fd, data[:len(data) // 2])
+                return len(data) // 2
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+    monkeypatch.setattr(os, "write", write)
+    return calls
+
+
+def test_a_failing_log_write_never_stops_training_and_loses_no_row(tmp_path, one_episode_run, monkeypatch,
+                                                                  capsys):
+    copy_run(one_episode_run, tmp_path)
+    calls = failing_log_writes(monkeypatch, fails=lambda: len(calls) < 3)     # rows 2 and 3 wait
+    pong_pg.main(["--resume", "--episodes", "4", "--batch-size", "1", "--save-every", "1", "--workers", "1",
+                  "--checkpoint-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert len(calls) == 3 and "Traceback" not in err
+    assert err.count("could not write to") == 1 and err.count("written again, no row lost") == 1
+    state = saved(tmp_path)
+    assert state["episode"] == 5 and not state["log_pending"]
+    assert [int(r["episode"]) for r in log_rows(tmp_path)] == [1, 2, 3, 4, 5]       # whole, no torn row
+    assert (tmp_path / "log.csv").read_text().count("\n") == 6
+
+
+def test_log_rows_the_disk_did_not_take_are_kept_in_the_checkpoint(tmp_path, one_episode_run, monkeypatch):
+    """The disk stays full to the end: the rows wait in the checkpoint, and --resume writes them."""
+    copy_run(one_episode_run, tmp_path)
+    failing_log_writes(monkeypatch, fails=lambda: True)
+    pong_pg.main(["--resume", "--episodes", "2", "--batch-size", "1", "--workers", "1",
+                  "--checkpoint-dir", str(tmp_path)])
+    monkeypatch.undo()
+    assert len(log_rows(tmp_path)) == 1 and len(saved(tmp_path)["log_pending"]) == 2
+    resumed = run("--resume", "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    state = saved(tmp_path)
+    rows = log_rows(tmp_path)
+    assert [int(r["episode"]) for r in rows] == [1, 2, 3, 4] == list(range(1, state["episode"] + 1))
+    assert state["total_steps"] == sum(int(r["steps"]) for r in rows)
