@@ -13,40 +13,7 @@ import os
 import signal
 import sys
 
-
-class Stop:
-    """The signal that asked us to stop (SIGINT, SIGTERM, SIGHUP), or None. Training checks it between
-    episodes, then saves and exits 128 + the signal's number. Caught before anything else loads, so
-    that a stop at any moment of start-up ends the same clean way."""
-    signum = None
-    SIGNALS = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-
-    @classmethod
-    def handler(cls, signum, frame):
-        cls.signum = signum
-        if signum == getattr(signal, "SIGHUP", None):
-            cls.silence_closed_terminal()
-
-    @staticmethod
-    def silence_closed_terminal():
-        """After SIGHUP the terminal may be gone, and writing to it fails: print to nowhere instead."""
-        for name in ("stdout", "stderr"):
-            stream = getattr(sys, name)
-            try:
-                if stream.isatty():
-                    setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 (replaces the stream for good)
-            except (OSError, ValueError):
-                pass
-
-    @classmethod
-    def catch(cls):
-        """From now on the stop signals set Stop.signum. A SIGHUP that is ignored already (nohup)
-        stays ignored."""
-        for signum in cls.SIGNALS:
-            if signum == getattr(signal, "SIGHUP", None) and signal.getsignal(signum) == signal.SIG_IGN:
-                continue
-            signal.signal(signum, cls.handler)
-
+from stopping import Stop  # book-keeping, first: Ctrl-C during start-up stops as cleanly as later
 
 if __name__ == "__main__":
     Stop.catch()
@@ -128,6 +95,12 @@ def policy_forward_sparse(W1T, W2, idx, vals):
     return 1.0 / (1.0 + math.exp(-min(max(float(h.dot(W2)), -50.0), 50.0)))   # sigmoid, clipped alike
 
 
+def network_view(weights, idx, vals):
+    """P(UP) and the hidden activations for one sparse difference frame (what --annotate shows)."""
+    hidden = np.maximum(vals.dot(weights["W1T"].take(idx, axis=0)), 0)
+    return policy_forward_sparse(weights["W1T"], weights["W2"], idx, vals), hidden
+
+
 def play_weights(model):
     """The weights the workers play with, a copy the learner does not change: W1 transposed for
     policy_forward_sparse, and W2."""
@@ -194,8 +167,9 @@ def play_episode(env, weights, rng, greedy=False, on_step=None, max_steps=None):
 
     Faster: the env is made with obs_type="ram" (no RGB frame per step), and the difference frame
     comes from ALE's palette-index screen, of which only the pixels that changed are looked at.
-    on_step(rgb_frame, rewards_so_far) is called before every step (for recording); max_steps cuts
-    the game short; greedy takes UP when P(UP) > 0.5 instead of sampling."""
+    on_step(rgb_frame, idx, turned_on, up, rewards_so_far) is called at every step, between choosing
+    the action and taking it, with the screen the difference frame (idx, turned_on) came from (for
+    watching and recording); max_steps cuts the game short; greedy takes UP when P(UP) > 0.5."""
     env.reset()
     ale = env.unwrapped.ale
     screen = np.empty((210, 160), np.uint8)
@@ -205,14 +179,14 @@ def play_episode(env, weights, rng, greedy=False, on_step=None, max_steps=None):
     learn_colors(COLORS, previous, screen, ale.getScreenRGB)
     idxs, turned_on, ups, rewards = [], [], [], []
     while True:
-        if on_step is not None:
-            on_step(ale.getScreenRGB(), rewards)
         ale.getScreen(screen)
         screen_pixels(screen, pixels)
         idx, on = screen_difference(pixels, previous, COLORS, screen, ale.getScreenRGB)
         pixels, previous = previous, pixels
         p_up = policy_forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(on))
         up = p_up > 0.5 if greedy else rng.random() < p_up          # sample the action
+        if on_step is not None:
+            on_step(ale.getScreenRGB(), idx, on, up, rewards)
         _, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
         idxs.append(idx)
         turned_on.append(on)
@@ -556,6 +530,8 @@ def parse_args(argv=None):
     group.add_argument("--export", metavar="FILE", help="write the agent's weights alone (5 MB) to FILE, "
                        "to share it or watch it with --checkpoint FILE")
     group.add_argument("--checkpoint", metavar="FILE", help="the agent to watch")
+    group.add_argument("--annotate", action="store_true", help="--play / --record: beside the game, what the "
+                       "network sees and does: its difference frame, P(UP), the hidden units, the actions")
     group.add_argument("--greedy", action="store_true", help="--play / --record: always take the more "
                        "likely action instead of sampling")
     group.add_argument("--max-steps", type=positive_int, metavar="N", help="--play / --record: end each "
@@ -567,6 +543,8 @@ def parse_args(argv=None):
         p.error(f"{' and '.join(modes)} cannot be combined")
     if modes and (args.resume or args.render):
         p.error(f"{modes[0]} watches an agent; --resume and --render are for training")
+    if args.annotate and not (args.play or args.record):
+        p.error("--annotate goes with --play or --record")
     if args.record and not args.record.lower().endswith((".mp4", ".gif")):
         p.error(f"--record {args.record}: the file name must end in .mp4 or .gif")
     args.watching = bool(modes)
@@ -625,6 +603,12 @@ def load_state(path):
     return state
 
 
+def initial_W1(state):
+    """The W1 a run started from, which its seed regenerates exactly (None if the seed is unknown)."""
+    seed = state.get("hyper", {}).get("seed")
+    return init_model(state["model"]["W1"].shape[0], np.random.default_rng(seed))["W1"] if seed is not None else None
+
+
 def load_agent(path):
     """The weights of a training checkpoint or of an agent file (weights only, like the shipped one)."""
     state = checkpoint.load(path)
@@ -677,7 +661,8 @@ def save(paths, state, batch, clock, reason, pictures=True):
     print(f"saved {paths['checkpoint']} at episode {state['episode']} ({reason})")
     if pictures:
         try:
-            watch.draw_pictures(os.path.dirname(paths["checkpoint"]) or ".", state["model"]["W1"], paths["log"])
+            watch.draw_pictures(os.path.dirname(paths["checkpoint"]) or ".", state["model"]["W1"], paths["log"],
+                                initial_W1(state), moment=(state["episode"], state["running_mean"]))
         except Exception as e:  # noqa: BLE001 (the pictures are a convenience: report, train on)
             print(f"note: could not draw the pictures ({e})", file=sys.stderr)
     return True
@@ -805,10 +790,11 @@ def watch_agent(args):
         os.makedirs(args.checkpoint_dir, exist_ok=True)
         try:
             written = watch.draw_pictures(args.checkpoint_dir, state["model"]["W1"],
-                                          os.path.join(args.checkpoint_dir, LOG_FILE))
-        except ImportError as e:
+                                          os.path.join(args.checkpoint_dir, LOG_FILE), initial_W1(state))
+            written.append(watch.weights_animation(args.checkpoint_dir))
+        except (ImportError, watch.MissingDependency) as e:
             fail(e)
-        for picture in written:
+        for picture in filter(None, written):
             print(f"wrote {picture}")
     elif args.eval:
         print(f"evaluating over {args.eval} games per policy on {args.workers} worker(s)")
@@ -817,14 +803,19 @@ def watch_agent(args):
             watch.print_evaluation(results)
     elif args.record:
         try:
-            watch.record(play_episode, weights, args.record, args.seed, args.greedy, args.max_steps, stopped)
+            watch.record(play_episode, weights, args.record, args.seed, args.greedy, args.max_steps, stopped,
+                         network_view if args.annotate else None)
         except watch.MissingDependency as e:
             fail(e)
         except OSError as e:
             fail(f"cannot write {args.record}: {e.strerror or e}")
     else:
         need_display("--play")
-        watch.show(play_episode, weights, args.episodes, args.seed, args.greedy, args.max_steps, stopped)
+        try:
+            watch.show(play_episode, weights, args.episodes, args.seed, args.greedy, args.max_steps, stopped,
+                       network_view if args.annotate else None)
+        except watch.MissingDependency as e:
+            fail(e)
 
 
 def stopped():

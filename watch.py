@@ -3,6 +3,7 @@
 Each function is handed the function that plays an episode (pong_pg.play_episode), so this module
 needs nothing from the script.
 """
+import contextlib
 import csv
 import math
 import os
@@ -53,18 +54,25 @@ def describe(episode):
 
 # ---------------------------------------------------------------- play in a window
 
-def show(play_episode, weights, episodes, seed, greedy, max_steps, stopped=never):
-    """Show the agent in a window (ale-py's own SDL window, at the game's real speed), until
-    `episodes` games are over or stopped() says to stop."""
-    def on_step(frame, rewards):
+def show(play_episode, weights, episodes, seed, greedy, max_steps, stopped=never, network_view=None):
+    """Show the agent in a window at the game's real speed, until `episodes` games are over or
+    stopped() says to stop: ale-py's own SDL window, or with network_view a window of ours with the
+    game and the panel of what the network sees and does (see Annotator)."""
+    window = AnnotatedWindow(Annotator(network_view, weights)) if network_view else None
+
+    def on_step(frame, idx, turned_on, up, rewards):
         if stopped():
             raise Stopped
-    env = make_env(render_mode="human")
+        if window:
+            window.show(window.annotator.compose(frame, idx, turned_on, up, rewards))
+    env = make_env(render_mode=None if window else "human")
     env.reset(seed=seed)
     game = 0
     try:
         while (episodes is None or game < episodes) and not stopped():
             game += 1
+            if window:
+                window.annotator.new_game()
             episode = play_episode(env, weights, task_rng(seed + EVAL_SEED_OFFSET, game), greedy=greedy,
                                    on_step=on_step, max_steps=max_steps)
             print(f"game {game}: {describe(episode)}, score {episode.score:+d}, {episode.steps} steps",
@@ -73,6 +81,42 @@ def show(play_episode, weights, episodes, seed, greedy, max_steps, stopped=never
         pass
     finally:
         env.close()
+        if window:
+            window.close()
+
+
+class AnnotatedWindow:
+    """A tkinter window that shows one image per agent step, at RECORD_FPS steps a second. Closing it
+    stops the games like Ctrl-C."""
+
+    def __init__(self, annotator):
+        try:
+            import tkinter
+
+            from PIL import ImageTk
+        except ImportError:
+            raise MissingDependency("--play --annotate needs tkinter (Debian, Ubuntu: apt-get install "
+                                    "python3-tk) and Pillow's ImageTk") from None
+        self.annotator, self.ImageTk, self.tkinter = annotator, ImageTk, tkinter
+        self.root = tkinter.Tk()
+        self.root.title("pong_pg: what the agent sees")
+        self.label = tkinter.Label(self.root)
+        self.label.pack()
+        self.next_frame = time.time()
+
+    def show(self, image):
+        try:
+            self.photo = self.ImageTk.PhotoImage(self.annotator.Image.fromarray(image))   # kept: Tk needs it
+            self.label.configure(image=self.photo)
+            self.root.update()
+        except self.tkinter.TclError:             # the window was closed
+            raise Stopped from None
+        self.next_frame += 1 / RECORD_FPS
+        time.sleep(max(0.0, self.next_frame - time.time()))
+
+    def close(self):
+        with contextlib.suppress(self.tkinter.TclError):
+            self.root.destroy()
 
 
 # ---------------------------------------------------------------- record a video
@@ -81,38 +125,46 @@ class MissingDependency(Exception):
     pass
 
 
-def open_video(path):
-    """A writer with .write(rgb_frame) and .close() for .mp4 (PyAV) or .gif (Pillow)."""
+def pillow():
+    """PIL.Image, ImageDraw and ImageFont, from Pillow (which matplotlib installs)."""
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        raise MissingDependency("pictures and GIFs need Pillow: pip install pillow") from None
+    return Image, ImageDraw, ImageFont
+
+
+def open_video(path, width, height):
+    """A writer with .write(rgb_image) and .close() for .mp4 (PyAV) or .gif (Pillow)."""
     if path.lower().endswith(".gif"):
-        try:
-            from PIL import Image
-        except ImportError:
-            raise MissingDependency("recording a GIF needs Pillow: pip install pillow") from None
-        return GifWriter(path, Image)
+        return GifWriter(path, pillow()[0], width, height)
     if path.lower().endswith(".mp4"):
         try:
             import av
         except ImportError:
             raise MissingDependency("recording an MP4 needs PyAV: pip install av") from None
-        return Mp4Writer(path, av)
+        return Mp4Writer(path, av, width, height)
     raise ValueError(f"--record {path}: the file name must end in .mp4 or .gif")
 
 
-def enlarge(frame):
-    return np.repeat(np.repeat(frame, RECORD_SCALE, axis=0), RECORD_SCALE, axis=1)
+def enlarge(image, scale=RECORD_SCALE):
+    """Each pixel becomes a scale x scale block."""
+    h, w = image.shape[:2]
+    blocks = np.broadcast_to(image[:, None, :, None], (h, scale, w, scale, *image.shape[2:]))
+    return blocks.reshape(h * scale, w * scale, *image.shape[2:])
 
 
 class Mp4Writer:
-    def __init__(self, path, av):
+    def __init__(self, path, av, width, height):
         self.av = av
         self.container = av.open(path, mode="w")
         self.stream = self.container.add_stream("libx264", rate=RECORD_FPS)
-        self.stream.width, self.stream.height = 160 * RECORD_SCALE, 210 * RECORD_SCALE
+        self.stream.width, self.stream.height = width, height
         self.stream.pix_fmt = "yuv420p"
+        self.stream.options = {"preset": "veryfast"}   # a few times faster to encode than the default, as sharp
 
-    def write(self, frame):
-        video_frame = self.av.VideoFrame.from_ndarray(enlarge(frame), format="rgb24")
-        self.container.mux(self.stream.encode(video_frame))
+    def write(self, image):
+        self.container.mux(self.stream.encode(self.av.VideoFrame.from_ndarray(image, format="rgb24")))
 
     def close(self):
         self.container.mux(self.stream.encode())      # flush the encoder
@@ -121,34 +173,38 @@ class Mp4Writer:
 
 class GifWriter:
     """Pillow writes an animated GIF in one call, so the frames wait in memory, zlib-compressed (a Pong
-    frame shrinks from 100 KB to about 1 KB). Pillow merges identical consecutive frames into one
+    frame shrinks from 300 KB to a few KB). Pillow merges identical consecutive frames into one
     longer frame: the timing stays right."""
 
-    def __init__(self, path, Image):
-        self.path, self.Image, self.frames = path, Image, []
+    def __init__(self, path, Image, width, height):
+        self.path, self.Image, self.shape, self.frames = path, Image, (height, width, 3), []
 
-    def write(self, frame):
-        self.frames.append(zlib.compress(frame.tobytes(), 1))
+    def write(self, image):
+        self.frames.append(zlib.compress(image.tobytes(), 1))
 
     def close(self):
         def images():
             for data in self.frames:
-                frame = np.frombuffer(zlib.decompress(data), np.uint8).reshape(210, 160, 3)
-                yield self.Image.fromarray(enlarge(frame)).quantize(colors=16)
+                image = np.frombuffer(zlib.decompress(data), np.uint8).reshape(self.shape)
+                yield self.Image.fromarray(image).quantize(colors=64)
         frames = images()
         first = next(frames)
         first.save(self.path, save_all=True, append_images=frames, duration=round(1000 / RECORD_FPS), loop=0)
 
 
-def record(play_episode, weights, path, seed, greedy, max_steps, stopped=never):
-    """Play one game without a window and write it to a video file; show progress on the way. The
-    video is written to a temporary file beside path and renamed when whole: a recording that fails
-    or is stopped (stopped() turns true) leaves nothing behind."""
+def record(play_episode, weights, path, seed, greedy, max_steps, stopped=never, network_view=None):
+    """Play one game without a window and write it to a video file; show progress on the way. With
+    network_view (see Annotator) each frame gets a panel of what the network sees and does. The video
+    is written to a temporary file beside path and renamed when whole: a recording that fails or is
+    stopped (stopped() turns true) leaves nothing behind."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1],
                                dir=os.path.dirname(os.path.abspath(path)))
     os.close(fd)
     try:
-        episode, seconds = _record_to(play_episode, weights, tmp, seed, greedy, max_steps, stopped)
+        episode, seconds = _record_to(play_episode, weights, tmp, seed, greedy, max_steps, stopped, network_view)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)                 # as a file the user wrote, not mkstemp's 0600
         os.replace(tmp, path)
     except Stopped:
         return
@@ -159,16 +215,18 @@ def record(play_episode, weights, path, seed, greedy, max_steps, stopped=never):
           f"game {describe(episode)}, {seconds:.0f} s to record")
 
 
-def _record_to(play_episode, weights, path, seed, greedy, max_steps, stopped):
-    video = open_video(path)
+def _record_to(play_episode, weights, path, seed, greedy, max_steps, stopped, network_view):
+    annotator = Annotator(network_view, weights) if network_view else None
+    width = 160 * RECORD_SCALE + (PANEL_WIDTH if annotator else 0)
+    video = open_video(path, width, 210 * RECORD_SCALE)
     env = make_env()
     env.reset(seed=seed)
     start, last_report = time.time(), [0.0]
 
-    def on_step(frame, rewards):
+    def on_step(frame, idx, turned_on, up, rewards):
         if stopped():
             raise Stopped
-        video.write(frame)
+        video.write(annotator.compose(frame, idx, turned_on, up, rewards) if annotator else enlarge(frame))
         if time.time() - last_report[0] > 2:
             last_report[0] = time.time()
             won, lost = sum(r > 0 for r in rewards), sum(r < 0 for r in rewards)
@@ -180,6 +238,107 @@ def _record_to(play_episode, weights, path, seed, greedy, max_steps, stopped):
         video.close()
         env.close()
     return episode, time.time() - start
+
+
+# ---------------------------------------------------------------- what the agent sees (--annotate)
+
+PANEL_WIDTH = 280               # beside the 480-pixel-wide game
+PANEL_MARGIN = 20
+DIFF_SCALE = 3                  # the 80x80 difference frame, 240x240
+DIFF_TOP = 34
+BAR_TOP = 312                   # P(UP) as a bar, 240 pixels for P(UP) = 1
+BAR_WIDTH, BAR_HEIGHT = 240, 16
+TRACE_TOP, TRACE_HEIGHT, TRACE_STEPS = 360, 70, 45     # the last 3 s of P(UP) and the actions taken
+GRID_TOP, GRID_COLUMNS, GRID_CELL = 470, 20, 12       # the hidden activations, 20 units a row
+COLORS = {"background": (24, 24, 32), "zero": (0, 0, 0), "appeared": (90, 230, 90), "gone": (240, 80, 80),
+          "text": (230, 230, 230), "bar": (80, 150, 255), "empty": (60, 60, 75), "up": (90, 230, 90),
+          "down": (240, 80, 80)}
+
+
+class Annotator:
+    """The panel beside each game frame: the 80x80 difference frame the network receives (+1 green,
+    -1 red), P(UP) as a bar and as a trace over the last 3 seconds with the actions taken (green ticks
+    above: UP, red below: DOWN), the 200 hidden activations as a grid (brighter = stronger), the score.
+    network_view(weights, idx, vals) -> (P(UP), hidden activations) is the policy's forward pass."""
+
+    def __init__(self, network_view, weights):
+        self.network_view, self.weights = network_view, weights
+        self.Image, self.ImageDraw, ImageFont = pillow()
+        try:
+            self.font = ImageFont.load_default(size=13)
+        except TypeError:                       # Pillow < 10.1: the built-in bitmap font
+            self.font = ImageFont.load_default()
+        self.new_game()
+
+    def new_game(self):
+        self.trace, self.hidden_scale = [], 1e-6
+
+    def _template(self):
+        """The panel's unchanging parts: background and labels."""
+        if not hasattr(self, "template"):
+            self.template = self.Image.new("RGB", (PANEL_WIDTH, 210 * RECORD_SCALE), COLORS["background"])
+            draw, x = self.ImageDraw.Draw(self.template), PANEL_MARGIN
+            draw.text((x, DIFF_TOP + 80 * DIFF_SCALE + 4), "green: appeared   red: gone", fill=COLORS["text"],
+                      font=self.font)
+            draw.text((x, TRACE_TOP - 18), "P(UP), last 3 s (ticks: actions)", fill=COLORS["text"],
+                      font=self.font)
+            draw.rectangle([x, TRACE_TOP, x + BAR_WIDTH - 1, TRACE_TOP + TRACE_HEIGHT - 1],
+                           outline=COLORS["empty"])
+            draw.text((x, GRID_TOP - 18), "hidden units (ReLU activations)", fill=COLORS["text"],
+                      font=self.font)
+        return self.template.copy()
+
+    def compose(self, frame, idx, turned_on, up, rewards):
+        """The game frame, enlarged, with the panel for this step on its right: (630, 760, 3) uint8."""
+        vals = np.where(turned_on, 1, -1).astype(np.float32)
+        p_up, hidden = self.network_view(self.weights, idx, vals)
+        self.trace = (self.trace + [(p_up, up)])[-TRACE_STEPS:]
+        self.hidden_scale = max(self.hidden_scale, float(hidden.max()))
+        panel = self._template()
+        draw = self.ImageDraw.Draw(panel)
+        x = PANEL_MARGIN
+        draw.text((x, 8), f"what the network sees, step {len(rewards) + 1}", fill=COLORS["text"], font=self.font)
+        panel.paste(self.Image.fromarray(enlarge(difference_image(idx, turned_on), DIFF_SCALE)), (x, DIFF_TOP))
+        draw.text((x, BAR_TOP - 18), f"P(UP) = {p_up:.2f}, action {'UP' if up else 'DOWN'}", fill=COLORS["text"],
+                  font=self.font)
+        draw.rectangle([x, BAR_TOP, x + BAR_WIDTH - 1, BAR_TOP + BAR_HEIGHT - 1], fill=COLORS["empty"])
+        if p_up * BAR_WIDTH >= 1:
+            draw.rectangle([x, BAR_TOP, x + round(p_up * BAR_WIDTH) - 1, BAR_TOP + BAR_HEIGHT - 1],
+                           fill=COLORS["bar"])
+        self._draw_trace(draw, x)
+        self._draw_hidden(draw, x, hidden)
+        won, lost = sum(r > 0 for r in rewards), sum(r < 0 for r in rewards)
+        draw.text((x, 210 * RECORD_SCALE - 24), f"score: agent {won} - {lost} built-in AI", fill=COLORS["text"],
+                  font=self.font)
+        return np.concatenate([enlarge(frame), np.asarray(panel)], axis=1)
+
+    def _draw_trace(self, draw, x):
+        top, bottom = TRACE_TOP + 6, TRACE_TOP + TRACE_HEIGHT - 6
+        step = BAR_WIDTH / TRACE_STEPS
+        points = []
+        for i, (p, up) in enumerate(self.trace):
+            px = x + (TRACE_STEPS - len(self.trace) + i + 0.5) * step
+            points.append((px, bottom - p * (bottom - top)))
+            tick = (TRACE_TOP, TRACE_TOP + 4) if up else (TRACE_TOP + TRACE_HEIGHT - 5, TRACE_TOP + TRACE_HEIGHT - 1)
+            draw.line([(px, tick[0]), (px, tick[1])], fill=COLORS["up" if up else "down"])
+        if len(points) > 1:
+            draw.line(points, fill=COLORS["bar"], width=2)
+
+    def _draw_hidden(self, draw, x, hidden):
+        for unit, value in enumerate(hidden):
+            row, column = divmod(unit, GRID_COLUMNS)
+            level = round(255 * min(value / self.hidden_scale, 1.0))
+            left, top = x + column * GRID_CELL, GRID_TOP + row * GRID_CELL
+            draw.rectangle([left, top, left + GRID_CELL - 2, top + GRID_CELL - 2], fill=(level, level, level // 2))
+
+
+def difference_image(idx, turned_on):
+    """The 80x80 difference frame as an RGB image: +1 green, -1 red, 0 black."""
+    image = np.zeros((80 * 80, 3), np.uint8)
+    image[:] = COLORS["zero"]
+    image[idx[turned_on]] = COLORS["appeared"]
+    image[idx[~turned_on]] = COLORS["gone"]
+    return image.reshape(80, 80, 3)
 
 
 # ---------------------------------------------------------------- evaluate
@@ -243,15 +402,6 @@ def _pyplot():
     return plt
 
 
-def _pillow():
-    """PIL.Image, from Pillow, which matplotlib installs."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImportError("plots need matplotlib: pip install matplotlib") from None
-    return Image
-
-
 def read_log(path):
     """The per-episode CSV log as arrays: episode, score, running_mean, wall_seconds."""
     with open(path, newline="") as f:
@@ -283,28 +433,80 @@ def learning_curve(log_path, out_path, title="pong_pg"):
     plt.close(fig)
 
 
-def weights_image(W1, out_path, columns=20):
-    """Each hidden unit's 6,400 weights as an 80x80 tile, in a grid (as the 2016 write-up showed them)."""
+NOISE_STDS = 2.5               # a change stands out of the noise beyond this many standard deviations
+
+
+def stands_out(change):
+    """The part of a tile's weight changes beyond NOISE_STDS of their standard deviation (soft
+    threshold): the updates a rarely seen pixel collects are noise of about one step each, and hide the
+    detectors; what stands out of them is what the unit learned."""
+    return np.sign(change) * np.maximum(np.abs(change) - NOISE_STDS * change.std(), 0)
+
+
+def weights_grid(W1, W1_init=None, columns=20, pool=1):
+    """Each hidden unit's 6,400 weights as an 80x80 tile (80/pool with pool x pool max-|w| pooling), in
+    a grid as the 2016 write-up showed them: 8-bit gray, 0 = mid gray, each tile on its own scale, dark
+    gaps. With W1_init, what training changed (W1 - W1_init) where it stands out of the noise."""
     hidden = W1.shape[0]
     rows = -(-hidden // columns)
-    tile, gap = 80, 2
-    grid = np.full((rows * (tile + gap) + gap, columns * (tile + gap) + gap), 0.5, np.float32)
+    tile, gap = 80 // pool, 2
+    grid = np.full((rows * (tile + gap) + gap, columns * (tile + gap) + gap), 0.1, np.float32)
     for i in range(hidden):
-        w = W1[i].reshape(tile, tile)
-        scaled = 0.5 + 0.5 * w / max(np.abs(w).max(), 1e-12)    # each tile on its own scale, 0 = gray
+        w = W1[i].reshape(80, 80).astype(np.float64)
+        if W1_init is not None:
+            w = stands_out(w - W1_init[i].reshape(80, 80))
+        if pool > 1:                                # keep the strongest value of each block, thin lines too
+            blocks = w.reshape(tile, pool, tile, pool).transpose(0, 2, 1, 3).reshape(tile, tile, pool * pool)
+            w = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=2)[..., None], axis=2)[..., 0]
         r, c = divmod(i, columns)
         grid[gap + r * (tile + gap):gap + r * (tile + gap) + tile,
-             gap + c * (tile + gap):gap + c * (tile + gap) + tile] = scaled
-    gray = np.round(grid * 255).astype(np.uint8)
-    _pillow().fromarray(gray, "L").save(out_path)   # an 8-bit gray PNG
+             gap + c * (tile + gap):gap + c * (tile + gap) + tile] = 0.5 + 0.5 * w / max(np.abs(w).max(), 1e-12)
+    return np.round(grid * 255).astype(np.uint8)
 
 
-def draw_pictures(directory, W1, log_path):
-    """Rewrite the pictures in directory (the learning curve only if the log exists); returns their paths."""
+HISTORY_DIR = "weights_history"     # a small weights picture at each refresh while training
+ANIMATION_FILE = "weights_over_training.gif"
+
+
+def draw_pictures(directory, W1, log_path, W1_init=None, moment=None):
+    """Rewrite the pictures in directory (the learning curve only if the log exists); returns their
+    paths. moment = (episode, running mean) also keeps a half-size weights picture in HISTORY_DIR."""
+    Image = pillow()[0]
     written = []
     if os.path.exists(log_path):
         written.append(os.path.join(directory, CURVE_FILE))
         learning_curve(log_path, written[-1])
     written.append(os.path.join(directory, WEIGHTS_FILE))
-    weights_image(W1, written[-1])
+    Image.fromarray(weights_grid(W1, W1_init), "L").save(written[-1])
+    if moment is not None:
+        from PIL.PngImagePlugin import PngInfo
+        os.makedirs(os.path.join(directory, HISTORY_DIR), exist_ok=True)
+        episode, running_mean = moment
+        info = PngInfo()
+        info.add_text("episode", str(episode))
+        info.add_text("running_mean", f"{running_mean:+.2f}" if running_mean is not None else "")
+        Image.fromarray(weights_grid(W1, W1_init, pool=2), "L").save(
+            os.path.join(directory, HISTORY_DIR, f"episode_{episode:09d}.png"), pnginfo=info)
     return written
+
+
+def weights_animation(directory):
+    """weights_over_training.gif from HISTORY_DIR: one frame per picture kept while training, each
+    labelled with its episode and running mean; its path, or None if nothing was kept."""
+    Image, ImageDraw, ImageFont = pillow()
+    history = os.path.join(directory, HISTORY_DIR)
+    names = sorted(os.listdir(history)) if os.path.isdir(history) else []
+    if not names:
+        return None
+    font = ImageFont.load_default()
+    frames = []
+    for name in names:
+        with Image.open(os.path.join(history, name)) as picture:
+            label = f"episode {picture.text.get('episode', '?')}, running mean {picture.text.get('running_mean', '?')}"
+            frame = Image.new("L", (picture.width, picture.height + 20), 0)
+            frame.paste(picture, (0, 20))
+        ImageDraw.Draw(frame).text((6, 4), label, fill=255, font=font)
+        frames.append(frame)
+    path = os.path.join(directory, ANIMATION_FILE)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=500, loop=0)
+    return path

@@ -5,6 +5,7 @@ nothing from the script that uses it. Each worker keeps the weights it was last 
 sends new ones only after an update.
 """
 import multiprocessing
+import os
 import signal
 from multiprocessing.connection import wait
 
@@ -20,6 +21,8 @@ IGNORED_IN_WORKERS = [signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGH
 def make_env(render_mode=None, obs_type="ram"):
     """ALE/Pong-v5: frameskip 4, sticky actions. obs_type="ram" by default: play_episode reads ALE's
     palette screen itself, so no RGB frame is built per step; obs_type="rgb" for the RGB frames."""
+    if render_mode == "human":
+        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")   # Pong plays no sound; no ALSA errors without a card
     import ale_py
     import gymnasium
     gymnasium.register_envs(ale_py)

@@ -4,13 +4,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 import pong_pg
-from conftest import PONG_PG, ROOT, log_rows, run
+from conftest import PONG_PG, ROOT, log_rows, run, wait_for_rows
 
 
 @pytest.fixture(scope="module")
@@ -129,43 +128,43 @@ def test_conflicting_modes_are_refused(tmp_path):
         assert result.returncode == 2 and "error" in result.stderr
 
 
-def xvfb():
+@pytest.fixture(scope="module")
+def display_env():
+    """The environment of a process with a real (virtual) display: an Xvfb server on a free display
+    number, for this module's window tests. CI installs Xvfb; elsewhere the tests skip without it."""
     if shutil.which("Xvfb") is None:
         pytest.skip("no display server: install Xvfb (apt-get install xvfb) to test the window")
-    display = ":97"
-    server = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
-    if server.poll() is not None:
+    read_end, write_end = os.pipe()
+    server = subprocess.Popen(["Xvfb", "-displayfd", str(write_end), "-screen", "0", "1024x768x24", "-nolisten",
+                               "tcp"], pass_fds=[write_end], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        display = f.readline().strip()             # Xvfb writes its display number once it is ready
+    if not display:
+        server.kill()
         pytest.skip("Xvfb could not start a virtual display")
-    return server, dict(os.environ, DISPLAY=display, SDL_AUDIODRIVER="dummy")
+    yield dict(os.environ, DISPLAY=f":{display}")
+    server.terminate()
+    server.wait()
 
 
-def test_play_in_a_window_under_xvfb(trained):
-    server, env = xvfb()
-    try:
-        result = subprocess.run([sys.executable, PONG_PG, "--play", "--episodes", "2", "--max-steps", "20",
-                                 "--checkpoint-dir", str(trained)], capture_output=True, text=True, env=env,
-                                timeout=120, cwd=ROOT)
-    finally:
-        server.terminate()
+@pytest.mark.parametrize("annotate", [[], ["--annotate"]])
+def test_play_in_a_window_under_xvfb(trained, annotate, display_env):
+    result = subprocess.run([sys.executable, PONG_PG, "--play", *annotate, "--episodes", "2", "--max-steps", "20",
+                             "--checkpoint-dir", str(trained)], capture_output=True, text=True, env=display_env,
+                            timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "game 1:" in result.stdout and "game 2:" in result.stdout and "20 steps" in result.stdout
+    assert "ALSA" not in result.stderr                       # no sound card: SDL is asked for no audio
 
 
-def test_render_while_training_shows_one_game_and_the_others_keep_training(tmp_path):
-    server, env = xvfb()
-    try:
-        proc = subprocess.Popen([sys.executable, PONG_PG, "--render", "--workers", "2", "--checkpoint-dir",
-                                 str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env, cwd=ROOT)
-        deadline = time.time() + 120
-        while time.time() < deadline and not ((tmp_path / "log.csv").exists() and len(log_rows(tmp_path)) >= 3):
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        server.terminate()
+def test_render_while_training_shows_one_game_and_the_others_keep_training(tmp_path, display_env):
+    proc = subprocess.Popen([sys.executable, PONG_PG, "--render", "--workers", "2", "--checkpoint-dir",
+                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=display_env, cwd=ROOT)
+    wait_for_rows(tmp_path, 3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert len(log_rows(tmp_path)) >= 3            # the window plays at 15 steps/s; the other worker trains
 
@@ -180,3 +179,84 @@ def test_export_writes_the_weights_alone_and_they_can_be_watched(trained, tmp_pa
     np.testing.assert_array_equal(state["model"]["W1"], pong_pg.load_state(trained / "pong_pg.pkl")["model"]["W1"])
     result = run("--eval", 1, "--workers", 1, "--checkpoint", agent, "--checkpoint-dir", tmp_path / "none")
     assert result.returncode == 0 and "greedy policy: mean score" in result.stdout
+
+
+def test_annotated_video_shows_for_each_step_what_the_network_saw_and_did(tmp_path):
+    """One frame per agent step; the panel's difference frame and P(UP) bar are the ones the policy
+    computed at that step (the same game played again with the same seed gives play_episode's own)."""
+    import av
+    from PIL import Image
+
+    import watch
+    from pong_pg import load_agent, play_episode, play_weights, policy_forward_sparse
+    from preprocess import difference_values
+    from workers import make_env, task_rng
+
+    steps = 40
+    for suffix in ("mp4", "gif"):
+        result = run("--record", tmp_path / f"a.{suffix}", "--annotate", "--max-steps", steps, "--seed", 3,
+                     "--checkpoint", pong_pg.SHIPPED_AGENT)
+        assert result.returncode == 0, result.stderr
+    with av.open(str(tmp_path / "a.mp4")) as container:
+        mp4 = list(container.decode(video=0))
+    assert len(mp4) == steps and (mp4[0].width, mp4[0].height) == (480 + watch.PANEL_WIDTH, 630)
+
+    weights = play_weights(load_agent(pong_pg.SHIPPED_AGENT)["model"])
+    env = make_env()
+    env.reset(seed=3)
+    episode = play_episode(env, weights, task_rng(3 + watch.EVAL_SEED_OFFSET, 0), max_steps=steps)
+    gif = Image.open(tmp_path / "a.gif")
+    assert gif.n_frames == steps
+    reference = np.array([watch.COLORS[name] for name in ("zero", "appeared", "gone")], float)
+    checked = 0
+    for t in (5, 17, 33):
+        gif.seek(t)
+        panel = np.asarray(gif.convert("RGB"))[:, 480:]
+        idx = episode.idx[episode.indptr[t]:episode.indptr[t + 1]].astype(np.intp)
+        vals = episode.vals[episode.indptr[t]:episode.indptr[t + 1]]
+        expected = np.zeros(6400, int)
+        expected[idx] = np.where(vals > 0, 1, 2)              # 1 appeared, 2 gone
+        centres = panel[watch.DIFF_TOP + 1:watch.DIFF_TOP + 240:3, watch.PANEL_MARGIN + 1:watch.PANEL_MARGIN + 240:3]
+        shown = np.linalg.norm(centres.reshape(6400, 1, 3) - reference, axis=2).argmin(axis=1)
+        np.testing.assert_array_equal(shown, expected)
+        checked += len(idx)
+        p_up = policy_forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(vals > 0))
+        bar = panel[watch.BAR_TOP + watch.BAR_HEIGHT // 2, watch.PANEL_MARGIN:watch.PANEL_MARGIN + watch.BAR_WIDTH]
+        filled = np.linalg.norm(bar - np.array(watch.COLORS["bar"]), axis=1) < 40
+        assert abs(filled.sum() - round(p_up * watch.BAR_WIDTH)) <= 2, (t, p_up, filled.sum())
+    assert checked > 0
+
+
+def test_plot_writes_the_weights_forming_one_frame_per_refresh(trained, tmp_path):
+    from PIL import Image
+
+    import watch
+    shutil.copytree(trained, tmp_path / "run")
+    refreshes = sorted(os.listdir(tmp_path / "run" / watch.HISTORY_DIR))
+    assert refreshes == ["episode_000000001.png", "episode_000000002.png"]   # the first checkpoint, the end
+    result = run("--plot", "--checkpoint-dir", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    animation = Image.open(tmp_path / "run" / watch.ANIMATION_FILE)
+    assert animation.n_frames == len(refreshes)
+    assert sum(os.path.getsize(tmp_path / "run" / watch.HISTORY_DIR / name) for name in refreshes) < 200_000
+
+
+def test_the_weights_picture_shows_what_training_changed(trained):
+    """Tiles are drawn from W1 minus the seed's initial weights: before any update, all mid-gray."""
+    import watch
+    from pong_pg import init_model
+    W1 = init_model(200, np.random.default_rng(0))["W1"]
+    untrained = watch.weights_grid(W1, W1)
+    assert set(np.unique(untrained)) == {round(0.1 * 255), round(0.5 * 255)}   # gaps and unchanged weights
+    raw = watch.weights_grid(W1)
+    assert len(np.unique(raw)) > 100                                            # the initial noise
+
+
+def test_annotate_needs_play_or_record_and_a_writable_path(tmp_path):
+    result = run("--annotate", "--checkpoint-dir", tmp_path)
+    assert result.returncode == 2 and "--annotate goes with --play or --record" in result.stderr
+    missing = tmp_path / "no such folder" / "a.mp4"
+    result = run("--record", missing, "--annotate", "--max-steps", 5, "--checkpoint", pong_pg.SHIPPED_AGENT)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("pong_pg: error: cannot write") and len(result.stderr.strip().splitlines()) == 1
+    assert not os.listdir(tmp_path)
