@@ -386,6 +386,7 @@ def train(args, state, paths):
     with WorkerPool(args.workers, play_episode, hyper["seed"], state["next_task"],
                     render_first=args.render) as pool, EpisodeLog(paths["log"], state["log_pending"]) as log:
         try:
+            pool.wait_until_ready(stopped)
             for worker in pool.idle():
                 if wanted(state, pool, last_episode) and Stop.signum is None:
                     hand_out(pool, worker, state, policy)
@@ -893,21 +894,23 @@ def main(argv=None):
     with lock:                  # one trainer per directory, until this one ends (the OS frees it on a kill)
         exit_if_stopped()
         state = prepare_run(args, paths)
+        first_episode = state["episode"]
         lock.name_holder()
         checkpoint.remove_temporaries(args.checkpoint_dir)
         try:
             ended, batch, clock = train(args, state, paths)
         except FloatingPointError as e:
             fail(f"training diverged: {e}; stopped without saving, the last checkpoint is kept")
+        played = state["episode"] > first_episode         # else the pictures would show nothing new
         if isinstance(ended, WorkerError):
             print(f"pong_pg: error: {ended}", file=sys.stderr)
-            save(paths, state, batch, clock, "after a worker failed")
+            save(paths, state, batch, clock, "after a worker failed", played)
             sys.exit(1)
         if ended == "done":
-            if not save(paths, state, batch, clock, "done"):
+            if not save(paths, state, batch, clock, "done", played):
                 fail("the final checkpoint could not be saved")
             return
-        saved = save(paths, state, batch, clock, f"stopped by {ended}")
+        saved = save(paths, state, batch, clock, f"stopped by {ended}", played)
         sys.exit(128 + Stop.signum if saved else 1)
 
 

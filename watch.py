@@ -351,6 +351,7 @@ def evaluate(play_episode, weights, n, seed, workers, stopped=never):
     policy = (0, weights)                           # (version, weights): sent to each worker once
     running, next_job = {}, 0
     with WorkerPool(min(workers, len(jobs)), play_episode, seed, EVAL_SEED_OFFSET) as pool:
+        pool.wait_until_ready(stopped)
         while pool.busy or next_job < len(jobs):
             if stopped():
                 return None

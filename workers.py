@@ -47,6 +47,7 @@ def _worker(conn, play_episode, seed, worker_id, first_task, render):
     env.reset(seed=env_seed(seed, worker_id, first_task))
     weights = None
     try:
+        conn.send("ready")                           # its modules are loaded: it can take weights at once
         while True:
             message = conn.recv()
             if message is None:
@@ -98,6 +99,25 @@ class WorkerPool:
     def __exit__(self, *exc):
         self.close()
 
+    def wait_until_ready(self, stopped):
+        """Wait until every worker has loaded its modules and made its game (a few seconds at start),
+        checking stopped() as it waits; False if stopped first. A worker that dies raises WorkerError."""
+        waiting = set(range(len(self)))
+        while waiting:
+            if stopped():
+                return False
+            ready = wait([self.conns[w] for w in waiting] + [self.procs[w].sentinel for w in waiting], 0.05)
+            for worker in sorted(waiting):
+                if self.conns[worker] in ready:
+                    try:
+                        self.conns[worker].recv()
+                    except (EOFError, OSError):
+                        raise WorkerError(self._death(worker)) from None
+                    waiting.discard(worker)
+                elif self.procs[worker].sentinel in ready:
+                    raise WorkerError(self._death(worker))
+        return True
+
     def idle(self):
         return [w for w in range(len(self)) if w not in self.busy]
 
@@ -132,7 +152,7 @@ class WorkerPool:
 
     def _death(self, worker):
         self.procs[worker].join(timeout=1)
-        return f"worker {worker} died (exit code {self.procs[worker].exitcode}) while playing an episode"
+        return f"worker {worker} died (exit code {self.procs[worker].exitcode})"
 
     def close(self):
         """Stop every worker; an episode still being played is dropped (it was never counted)."""

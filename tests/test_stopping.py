@@ -97,10 +97,9 @@ def test_ctrl_c_at_any_moment_of_start_up_is_a_clean_stop(tmp_path):
             assert state["episode"] == len(log_rows(directory))
             with_checkpoint.append(directory)
     assert with_checkpoint, "no stop came late enough to leave a checkpoint"
-    for directory in (with_checkpoint[0], with_checkpoint[-1]):
-        resumed = run("--resume", "--episodes", 1, "--workers", 1, "--checkpoint-dir", directory)
-        assert resumed.returncode == 0, resumed.stderr
-        assert saved(directory)["episode"] == len(log_rows(directory))
+    resumed = run("--resume", "--episodes", 1, "--workers", 1, "--checkpoint-dir", with_checkpoint[0])
+    assert resumed.returncode == 0, resumed.stderr                      # the earliest stop that saved
+    assert saved(with_checkpoint[0])["episode"] == len(log_rows(with_checkpoint[0]))
 
 
 @pytest.mark.parametrize("mode", ["--eval", "--record"])
