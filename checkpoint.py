@@ -4,9 +4,13 @@ Saving: arrays are stored as (dtype, shape, bytes), so the pickle holds only pla
 (dict, list, tuple, str, bytes, int, float, bool, None). It is written to a temporary file, flushed
 to disk, then renamed over the old one: a crash mid-save leaves the previous checkpoint whole.
 
-Loading: pickle can run code named inside the file. Our unpickler refuses every global name, so only
-plain values load; a file that tries to call anything (os.system, ...) is rejected before it runs.
+Loading: pickle can run code named inside the file. Our unpickler refuses every global name but
+numpy's own array reconstruction, so only plain values and arrays load; a file that tries to call
+anything else (os.system, ...) is rejected before it runs. That admits the 2016 script's agent files
+too (save.p: a pickled {'W1': array, 'W2': array}, from Python 2 or 3), which load() turns into an
+agent with float32 weights.
 """
+import codecs
 import io
 import os
 import pickle
@@ -56,15 +60,56 @@ class _Forbidden(pickle.UnpicklingError):
     pass
 
 
-class _PlainUnpickler(pickle.Unpickler):
+def _array_globals():
+    """The names a pickle of plain numpy arrays refers to, and nothing else: numpy's array
+    reconstruction (under its numpy 1 and numpy 2 module names), and the codec with which Python 3
+    writes bytes in pickle protocol 2."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:                                 # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): codecs.encode}
+
+
+class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        raise _Forbidden(f"it refers to {module}.{name}, which a checkpoint never contains")
+        allowed = _array_globals()
+        if (module, name) in allowed:
+            return allowed[module, name]
+        raise _Forbidden(f"it refers to {module}.{name}, which neither a checkpoint nor an agent file contains")
+
+
+def agent_from_2016(content, path):
+    """The 2016 script's model {'W1': (H, 6400), 'W2': (H,)} as an agent: float32 weights, H hidden units."""
+    if set(content) != {"W1", "W2"}:
+        raise CheckpointError(f"{path} is not an agent file: it holds {sorted(map(str, content))}, not W1 and W2")
+    W1, W2 = content["W1"], content["W2"]
+    for name, array in content.items():
+        if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
+            raise CheckpointError(f"{path} is not an agent file: its {name} is not an array of floats")
+    if W1.ndim != 2 or W1.shape[1] != 6400 or W2.shape != (W1.shape[0],):
+        raise CheckpointError(f"{path} holds weights of shapes W1 {W1.shape}, W2 {W2.shape}: they do not fit "
+                              f"6400 inputs (W1 must be (H, 6400) and W2 (H,))")
+    return {"model": {"W1": np.ascontiguousarray(W1, np.float32), "W2": np.ascontiguousarray(W2, np.float32)},
+            "hyper": {"hidden": W1.shape[0]}}
 
 
 def save(path, state):
     """Write state (a dict of arrays, numbers, strings) to path atomically."""
-    payload = pickle.dumps({"format": FORMAT, "version": VERSION, "state": _encode(state)},
-                           protocol=pickle.HIGHEST_PROTOCOL)
+    write_atomically(path, pickle.dumps({"format": FORMAT, "version": VERSION, "state": _encode(state)},
+                                        protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def save_2016(path, model):
+    """Write the weights as the 2016 script saves them, a plain pickle of {'W1', 'W2'} in float64,
+    which its pickle.load and forward pass take as they are."""
+    write_atomically(path, pickle.dumps({k: model[k].astype(np.float64) for k in ("W1", "W2")}, protocol=2))
+
+
+def write_atomically(path, payload):
+    """Write payload to a temporary file beside path, flush it to disk, rename it over path."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=directory)
     try:
@@ -103,11 +148,13 @@ def load(path):
     if not data:
         raise CheckpointError(f"checkpoint {path} is empty")
     try:
-        content = _PlainUnpickler(io.BytesIO(data)).load()
+        content = _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()   # latin1: Python 2's pickles
     except _Forbidden as e:
         raise CheckpointError(f"refusing to load {path}: {e}") from None
     except Exception:  # noqa: BLE001 (a truncated or foreign file can raise almost any exception)
         raise CheckpointError(f"checkpoint {path} is damaged or not a pong_pg checkpoint") from None
+    if isinstance(content, dict) and content.get("format") != FORMAT and ({"W1", "W2"} & set(content)):
+        return agent_from_2016(content, path)
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pong_pg checkpoint")
     if content.get("version") != VERSION:

@@ -530,7 +530,10 @@ def parse_args(argv=None):
                        "into --checkpoint-dir")
     group.add_argument("--export", metavar="FILE", help="write the agent's weights alone (5 MB) to FILE, "
                        "to share it or watch it with --checkpoint FILE")
-    group.add_argument("--checkpoint", metavar="FILE", help="the agent to watch")
+    group.add_argument("--format", choices=["pong_pg", "2016"], default="pong_pg", help="--export: pong_pg's "
+                       "safe file (default), or 2016: a plain pickle of {'W1', 'W2'} as the 2016 script's save.p")
+    group.add_argument("--checkpoint", metavar="FILE", help="the agent to watch: a checkpoint, an agent file, or "
+                       "the 2016 script's save.p")
     group.add_argument("--annotate", action="store_true", help="--play / --record: beside the game, what the "
                        "network sees and does: its difference frame, P(UP), the hidden units, the actions")
     group.add_argument("--greedy", action="store_true", help="--play / --record: always take the more "
@@ -546,6 +549,8 @@ def parse_args(argv=None):
         p.error(f"{modes[0]} watches an agent; --resume and --render are for training")
     if args.annotate and not (args.play or args.record):
         p.error("--annotate goes with --play or --record")
+    if args.format != "pong_pg" and not args.export:
+        p.error("--format goes with --export")
     if args.record and not args.record.lower().endswith((".mp4", ".gif")):
         p.error(f"--record {args.record}: the file name must end in .mp4 or .gif")
     args.watching = bool(modes)
@@ -783,7 +788,10 @@ def watch_agent(args):
     if args.export:
         agent = {k: state[k] for k in ("hyper", "model", "episode", "total_steps", "running_mean") if k in state}
         try:
-            checkpoint.save(args.export, agent)
+            if args.format == "2016":
+                checkpoint.save_2016(args.export, state["model"])
+            else:
+                checkpoint.save(args.export, agent)
         except OSError as e:
             fail(f"cannot write {args.export}: {e.strerror or e}")
         print(f"wrote {args.export}")
