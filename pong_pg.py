@@ -261,13 +261,17 @@ def accumulate_sparse_gradients(W1T, W2, indptr, idx, vals, up, coefs, dW1T, dW2
 
 # ---------------------------------------------------------------- 6. the batch's gradient
 
-def batch_gradient_plain(model, episodes, gamma):
-    """The gradient of a batch as the 2016 script computes it: every step of the batch's episodes
-    stacked (dense frames), their returns standardized together, one backward pass.
-    episodes: [(xs (T, 6400), up (T,), rewards (T,))], all played with model."""
+def batch_gradient_plain(model, episodes, gamma, per_episode=False):
+    """The gradient of a batch, plainly: every step of the batch's episodes stacked (dense frames),
+    their returns standardized together (or each episode's on their own, as the 2016 script does, with
+    per_episode), one backward pass. episodes: [(xs (T, 6400), up (T,), rewards (T,))], played with model."""
     xs = np.concatenate([x for x, _, _ in episodes])
     up = np.concatenate([u for _, u, _ in episodes])
-    advantages = standardize(np.concatenate([discount_rewards(r, gamma) for _, _, r in episodes]))
+    returns = [discount_rewards(r, gamma) for _, _, r in episodes]
+    if per_episode:
+        advantages = np.concatenate([standardize(R) for R in returns])   # A_t within each episode
+    else:
+        advantages = standardize(np.concatenate(returns))                 # A_t over the whole batch
     ps, hs = zip(*(policy_forward(model, x) for x in xs), strict=True)
     return policy_backward(model, np.array(hs), xs, advantages * (up - np.array(ps)))
 
@@ -279,9 +283,13 @@ class BatchGradient:
     With A_t = (R_t - mean) / std over the batch and g_t = grad log pi(a_t | x_t):
         sum_t A_t g_t = (sum_t R_t g_t - mean * sum_t g_t) / std
     so each episode adds its sum R g, sum g, sum R, sum R^2 and step count. The W1 sums are kept
-    transposed, side by side: sums_W1T[:, :H] = (sum R g).T, sums_W1T[:, H:] = (sum g).T."""
+    transposed, side by side: sums_W1T[:, :H] = (sum R g).T, sums_W1T[:, H:] = (sum g).T.
 
-    def __init__(self, hidden):
+    per_episode (the 2016 script's way, --preset 2016): each episode's returns are standardized on
+    their own when it arrives, so its R is already A and the first sums are the gradient."""
+
+    def __init__(self, hidden, per_episode=False):
+        self.per_episode = per_episode
         self.sums_W1T = np.zeros((D, 2 * hidden))
         self.sums_W2 = np.zeros((2, hidden))
         self.reset()
@@ -296,6 +304,8 @@ class BatchGradient:
     def add_episode(self, weights, episode, gamma):
         """weights = play_weights() of the weights episode was played with."""
         R = discount_rewards(episode.rewards, gamma)
+        if self.per_episode:
+            R = standardize(R)                         # A_t over this episode alone
         accumulate_sparse_gradients(weights["W1T"], weights["W2"], *episode.frames, episode.up,
                                     np.stack([R, np.ones_like(R)], axis=1), self.sums_W1T, self.sums_W2)
         self.sum_R += R.sum()
@@ -305,9 +315,11 @@ class BatchGradient:
 
     def gradient(self):
         """{"W1", "W2"}: sum_t A_t g_t over the batch."""
+        H = self.sums_W2.shape[1]
+        if self.per_episode:
+            return {"W1": self.sums_W1T[:, :H].T.copy(), "W2": self.sums_W2[0].copy()}
         mean = self.sum_R / self.steps
         std = max(np.sqrt(max(self.sum_R2 / self.steps - mean * mean, 0.0)), 1e-8)
-        H = self.sums_W2.shape[1]
         W1T = self.sums_W1T[:, :H] - mean * self.sums_W1T[:, H:]
         W1T /= std
         return {"W1": W1T.T, "W2": (self.sums_W2[0] - mean * self.sums_W2[1]) / std}
@@ -318,14 +330,16 @@ class BatchGradient:
         pixels = np.flatnonzero(self.sums_W1T.any(axis=1))
         return {"pixels": pixels.astype(np.int16), "sums_W1T": self.sums_W1T[pixels].astype(np.float32),
                 "sums_W2": self.sums_W2.copy(), "sum_R": self.sum_R, "sum_R2": self.sum_R2,
-                "steps": self.steps, "episodes": self.episodes}
+                "steps": self.steps, "episodes": self.episodes, "per_episode": self.per_episode}
 
     @classmethod
-    def from_state(cls, state, hidden):
+    def from_state(cls, state, hidden, per_episode=False):
         """The batch of state(), or an empty one for None. ValueError if it does not fit hidden."""
-        batch = cls(hidden)
+        batch = cls(hidden, per_episode)
         if state is None:
             return batch
+        if bool(state.get("per_episode", False)) != per_episode:
+            raise ValueError("the unfinished batch's returns were standardized the other way")
         pixels = state.get("pixels", slice(None))        # older checkpoints keep every pixel's sums
         if np.shape(state["sums_W1T"])[1:] != (2 * hidden,) or np.shape(state["sums_W2"]) != (2, hidden):
             raise ValueError("the unfinished batch's sums do not fit the network")
@@ -374,7 +388,11 @@ def train(args, state, paths):
     the batch; every batch_size episodes, one RMSProp step. Returns why it ended: "done", a stop
     signal's name, or a WorkerError."""
     hyper, model, cache = state["hyper"], state["model"], state["cache"]
-    batch = BatchGradient.from_state(state["batch"], hyper["hidden"])
+    per_episode = hyper["standardize"] == "episode"
+    if state["batch"] and bool(state["batch"].get("per_episode", False)) != per_episode:
+        print("note: the unfinished batch's returns were standardized the other way: it is dropped")
+        state["batch"] = None
+    batch = BatchGradient.from_state(state["batch"], hyper["hidden"], per_episode)
     policy = Policy(state["updates"], play_weights(model))
     last_episode = state["episode"] + args.episodes if args.episodes else None
     clock = Clock(state["wall_seconds"])
@@ -382,7 +400,8 @@ def train(args, state, paths):
     window_start, window_steps, lag = time.time(), 0, 0    # book-keeping for the per-update report
     print(f"training with {args.workers} worker(s), from episode {state['episode'] + 1}; "
           f"lr {hyper['lr']}, batch {hyper['batch_size']}, gamma {hyper['gamma']}, "
-          f"decay {hyper['decay_rate']}, {hyper['hidden']} hidden units, seed {hyper['seed']}")
+          f"decay {hyper['decay_rate']}, returns standardized per {hyper['standardize']}, {hyper['hidden']} "
+          f"hidden units, seed {hyper['seed']}")
     with WorkerPool(args.workers, play_episode, hyper["seed"], state["next_task"],
                     render_first=args.render) as pool, EpisodeLog(paths["log"], state["log_pending"]) as log:
         try:
@@ -467,7 +486,8 @@ LOG_FILE = "log.csv"
 SHIPPED_AGENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "pretrained.pkl")
 LOG_COLUMNS = ["episode", "score", "running_mean", "steps", "total_steps", "update", "wall_seconds"]
 HYPER_FLAGS = {"hidden": HIDDEN, "batch_size": BATCH_SIZE, "lr": LEARNING_RATE, "gamma": GAMMA,
-               "decay_rate": DECAY_RATE}
+               "decay_rate": DECAY_RATE, "standardize": "batch"}
+PRESETS = {"2016": {"lr": 1e-4, "decay_rate": 0.99, "standardize": "episode"}}   # the 2016 script's settings
 
 
 # ---------------------------------------------------------------- command line
@@ -516,6 +536,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=positive_float, help=f"learning rate (default: {LEARNING_RATE})")
     p.add_argument("--gamma", type=unit_interval, help=f"reward discount (default: {GAMMA})")
     p.add_argument("--decay-rate", type=decay_interval, help=f"RMSProp decay (default: {DECAY_RATE})")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="2016: train as the 2016 script does: learning "
+                   "rate 1e-4, RMSProp decay 0.99, returns standardized per episode (flags given win)")
+    p.set_defaults(standardize=None)
     p.add_argument("--quiet", action="store_true", help="print only the per-update summaries")
     p.add_argument("--render", action="store_true", help="while training, show one worker's games in a "
                    "window (the others keep training at full speed)")
@@ -541,6 +564,9 @@ def parse_args(argv=None):
     group.add_argument("--max-steps", type=positive_int, metavar="N", help="--play / --record: end each "
                        "game after N steps")
     args = p.parse_args(argv)
+    for name, value in PRESETS.get(args.preset, {}).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     modes = [flag for flag, on in (("--play", args.play), ("--eval", args.eval), ("--plot", args.plot),
                                    ("--record", args.record), ("--export", args.export)) if on]
     if len(modes) > 1 and modes != ["--play", "--record"]:
@@ -595,6 +621,7 @@ def load_state(path):
         for k in ("episode", "total_steps", "updates", "next_task"):
             if not isinstance(state[k], int) or state[k] < 0:
                 raise CheckpointError(f"checkpoint {path} is damaged: bad {k}")
+        state["hyper"].setdefault("standardize", "batch")     # checkpoints from before the switch
         for k in HYPER_FLAGS:
             state["hyper"][k]
         state.setdefault("log_pending", [])
@@ -603,7 +630,8 @@ def load_state(path):
     except (KeyError, TypeError, AttributeError):
         raise CheckpointError(f"checkpoint {path} is damaged: it lacks part of the training state") from None
     try:
-        BatchGradient.from_state(state["batch"], state["hyper"]["hidden"])
+        BatchGradient.from_state(state["batch"], state["hyper"]["hidden"],
+                                 bool(state["batch"] and state["batch"].get("per_episode", False)))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         raise CheckpointError(f"checkpoint {path} is damaged: its unfinished batch does not decode") from None
     return state

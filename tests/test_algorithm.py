@@ -228,3 +228,31 @@ def test_an_unfinished_batch_saved_and_restored_gives_the_same_gradient(episode)
     assert (resumed.steps, resumed.episodes) == (whole.steps, whole.episodes)
     for k in ("W1", "W2"):
         np.testing.assert_allclose(got[k], expected[k], rtol=0, atol=1e-6 * np.abs(expected[k]).max())
+
+
+def test_per_episode_standardization_is_the_2016_formula(episode):
+    """--preset 2016: each episode's returns standardized on their own, as the 2016 script does
+    (discounted_epr -= np.mean(discounted_epr); discounted_epr /= np.std(discounted_epr)), summed over
+    the batch's episodes."""
+    frames, X, up, rewards = episode
+    (indptr, idx, vals) = frames
+    model = init_model(200, np.random.default_rng(7))
+    m64 = {k: v.astype(np.float64) for k, v in model.items()}
+    weights = play_weights(model)
+    batch, plain, expected = BatchGradient(200, per_episode=True), [], {"W1": 0, "W2": 0}
+    for a, b in zip([0, 150, 260], [150, 260, len(up)], strict=True):
+        r = rewards[a:b].copy()
+        r[-1] = r[-1] or 1.0
+        batch.add_episode(weights, Episode(indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]],
+                                           vals[indptr[a]:indptr[b]], up[a:b], r), 0.99)
+        plain.append((X[a:b], up[a:b], r))
+        discounted_epr = discount_rewards(r, 0.99)
+        discounted_epr -= np.mean(discounted_epr)
+        discounted_epr /= np.std(discounted_epr)
+        hs = np.maximum(X[a:b] @ m64["W1"].T, 0)
+        grad = policy_backward(m64, hs, X[a:b], discounted_epr * (up[a:b] - sigmoid(hs @ m64["W2"])))
+        expected = {k: expected[k] + grad[k] for k in grad}
+    for got in (batch.gradient(), batch_gradient_plain(m64, plain, 0.99, per_episode=True)):
+        for k in ("W1", "W2"):
+            np.testing.assert_allclose(got[k], expected[k], rtol=0, atol=1e-5 * np.abs(expected[k]).max())
+    assert not np.allclose(batch_gradient_plain(m64, plain, 0.99)["W2"], expected["W2"])   # the switch matters

@@ -7,7 +7,7 @@ import pytest
 
 import checkpoint
 from conftest import children_of, copy_run, gone, log_rows, run, saved, start, wait_for_rows
-from pong_pg import init_model
+from pong_pg import init_model, parse_args
 
 
 def test_help():
@@ -142,3 +142,15 @@ def test_ctrl_c_saves_and_exits_130_without_orphans(tmp_path):
     state = saved(tmp_path)
     assert state["episode"] == len(log_rows(tmp_path)) >= 3
     assert all(gone(pid) for pid in children)
+
+
+def test_preset_2016_trains_with_the_2016_settings_and_flags_still_win(tmp_path):
+    result = run("--preset", "2016", "--episodes", 1, "--batch-size", 1, "--workers", 1, "--checkpoint-dir",
+                 tmp_path / "a")
+    assert result.returncode == 0, result.stderr
+    assert "lr 0.0001" in result.stdout and "decay 0.99" in result.stdout and "per episode" in result.stdout
+    hyper = saved(tmp_path / "a")["hyper"]
+    assert (hyper["lr"], hyper["decay_rate"], hyper["standardize"], hyper["batch_size"]) == (1e-4, 0.99, "episode", 1)
+    assert parse_args(["--preset", "2016", "--lr", "5e-4"]).lr == 5e-4
+    default = parse_args([])
+    assert (default.lr, default.decay_rate, default.standardize) == (None, None, None)   # the defaults, unchanged
