@@ -7,6 +7,7 @@ time, so each has the whole machine, as a user's run would.
     python bench/learning_curves.py --seeds 0 1 2                  # the defaults, 3 seeds
     python bench/learning_curves.py --lr 1e-3 2e-3 --seeds 0 1 2   # compare learning rates
     python bench/learning_curves.py --decay-rate 0.9 --seeds 0 1 2 # or RMSProp decays, or --workers 2 4
+    python bench/learning_curves.py --preset 2016 --workers 1      # the 2016 script's settings
 
 Writes into --out: one run directory per (setting, seed) with its checkpoint and log (an interrupted
 study resumes the runs it had begun), results.md (time, episodes and steps to the target per run) and
@@ -14,6 +15,7 @@ learning_curves.png (running mean against wall time). Existing finished runs are
 """
 import argparse
 import csv
+import itertools
 import os
 import re
 import signal
@@ -23,6 +25,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+
+MILESTONES = (-15, -10, -5, 0)       # running means on the way to beating the built-in AI
 
 
 def read_log(path):
@@ -103,21 +108,22 @@ def setting_of(name):
 
 def planned_runs(args):
     """(setting, seed, flags) for every combination of the candidates given on the command line."""
-    for lr in args.lr:
-        for decay in args.decay_rate:
-            for workers in args.workers:
-                flags, names = [], []
-                if lr is not None:
-                    flags += ["--lr", str(lr)]
-                    names.append(f"lr {lr:g}")
-                if decay is not None:
-                    flags += ["--decay-rate", str(decay)]
-                    names.append(f"decay {decay:g}")
-                if workers is not None:
-                    flags += ["--workers", str(workers)]
-                    names.append(f"{workers} workers")
-                for seed in args.seeds:
-                    yield ", ".join(names) or "defaults", seed, flags + ["--seed", str(seed)]
+    for preset, lr, decay, workers in itertools.product(args.preset, args.lr, args.decay_rate, args.workers):
+        flags, names = [], []
+        if preset is not None:
+            flags += ["--preset", preset]
+            names.append(f"preset {preset}")
+        if lr is not None:
+            flags += ["--lr", str(lr)]
+            names.append(f"lr {lr:g}")
+        if decay is not None:
+            flags += ["--decay-rate", str(decay)]
+            names.append(f"decay {decay:g}")
+        if workers is not None:
+            flags += ["--workers", str(workers)]
+            names.append(f"{workers} workers")
+        for seed in args.seeds:
+            yield ", ".join(names) or "defaults", seed, flags + ["--seed", str(seed)]
 
 
 def report(results, target, out):
@@ -133,6 +139,13 @@ def report(results, target, out):
             lines.append(f"| {r['setting']} | {r['seed']} | not within {float(last['wall_seconds']) / 60:.1f} "
                          f"(reached {float(last['running_mean']):+.1f}) | {int(last['episode']):,} | "
                          f"{int(last['total_steps']):,} |")
+    lines += ["", "| setting | seed | " + " | ".join(f"agent steps to {m:g}" for m in MILESTONES) + " |",
+              "|---|---:|" + "---:|" * len(MILESTONES)]
+    for r in results:       # a milestone not reached is a lower bound: "> the steps the run played"
+        played = int(r["rows"][-1]["total_steps"]) if r["rows"] else 0
+        cells = [f"{int(hit['total_steps']):,}" if (hit := first_reaching(r["rows"], m)) else f"> {played:,}"
+                 for m in MILESTONES]
+        lines.append(f"| {r['setting']} | {r['seed']} | " + " | ".join(cells) + " |")
     lines += ["", f"| setting | runs reaching {target:g} | median minutes | median agent steps |",
               "|---|---:|---:|---:|"]
     for setting in dict.fromkeys(r["setting"] for r in results):
@@ -156,6 +169,7 @@ def report(results, target, out):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--preset", nargs="+", default=[None], help="pong_pg presets (2016: the 2016 script's settings)")
     ap.add_argument("--lr", type=float, nargs="+", default=[None], help="learning rates (default: pong_pg's)")
     ap.add_argument("--decay-rate", type=float, nargs="+", default=[None], help="RMSProp decays")
     ap.add_argument("--workers", type=int, nargs="+", default=[None], help="worker counts (default: pong_pg's)")
