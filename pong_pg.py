@@ -809,7 +809,7 @@ def watch_agent(args):
         state = load_agent(path)
     except CheckpointError as e:
         hint = "" if os.path.exists(path) else " (train first: python pong_pg.py)"
-        fail(f"{e}{hint}")
+        fail(f"{e}{hint}", code=2 if args.checkpoint else 1)     # a file named on the command line: bad input
     weights = play_weights(state["model"])
     print(f"agent {path}: trained for {state.get('episode', '?')} episodes, "
           f"running mean {state.get('running_mean') or 0:+.2f}")

@@ -70,7 +70,7 @@ def run_until(directory, flags, target, minutes):
     return read_log(log)
 
 
-def plot(results, target, path):
+def plot(results, target, path, by_steps=False):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -81,11 +81,11 @@ def plot(results, target, path):
     for r in results:
         color = colors[settings.index(r["setting"]) % len(colors)]          # a color per setting,
         style = ["-", "--", ":", "-."][seeds.index(r["seed"]) % 4]          # a line style per seed
-        minutes = [float(row["wall_seconds"]) / 60 for row in r["rows"]]
-        ax.plot(minutes, [float(row["running_mean"]) for row in r["rows"]], color=color, ls=style, lw=1.5,
+        x = [float(row["total_steps"]) / 1e6 if by_steps else float(row["wall_seconds"]) / 60 for row in r["rows"]]
+        ax.plot(x, [float(row["running_mean"]) for row in r["rows"]], color=color, ls=style, lw=1.5,
                 label=f"{r['setting']}, seed {r['seed']}")
     ax.axhline(target, color="gray", ls="--", lw=0.8)
-    ax.set_xlabel("wall time (minutes)")
+    ax.set_xlabel("agent steps (millions)" if by_steps else "wall time (minutes)")
     ax.set_ylabel("running mean score (0.99)")
     ax.set_ylim(-21.5, max(5, target + 3))
     ax.grid(alpha=0.3)
@@ -126,7 +126,7 @@ def planned_runs(args):
             yield ", ".join(names) or "defaults", seed, flags + ["--seed", str(seed)]
 
 
-def report(results, target, out):
+def report(results, target, out, by_steps=False):
     lines = [f"| setting | seed | minutes to running mean >= {target:g} | episodes | agent steps |",
              "|---|---:|---:|---:|---:|"]
     for r in results:
@@ -162,7 +162,7 @@ def report(results, target, out):
     print(table)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table + "\n")
-    plot(results, target, os.path.join(out, "learning_curves.png"))
+    plot(results, target, os.path.join(out, "learning_curves.png"), by_steps)
     print(f"wrote {os.path.join(out, 'results.md')} and learning_curves.png")
 
 
@@ -177,6 +177,7 @@ def main():
     ap.add_argument("--minutes", type=float, default=30, help="give up after this much training time")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "learning_curves"))
     ap.add_argument("--report-only", action="store_true", help="train nothing: report every run in --out")
+    ap.add_argument("--by-steps", action="store_true", help="draw the running mean against agent steps, not time")
     args = ap.parse_args()
 
     results = []
@@ -192,7 +193,7 @@ def main():
             os.makedirs(directory, exist_ok=True)
             rows = run_until(directory, flags, args.target, args.minutes)
             results.append({"setting": setting, "seed": seed, "rows": rows})
-    report(results, args.target, args.out)
+    report(results, args.target, args.out, args.by_steps)
 
 
 if __name__ == "__main__":

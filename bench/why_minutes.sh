@@ -25,4 +25,4 @@ for seed in 0 1; do
     ) &
 done
 wait
-python bench/learning_curves.py --report-only --out "$out"
+python bench/learning_curves.py --report-only --by-steps --out "$out"

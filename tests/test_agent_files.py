@@ -75,8 +75,9 @@ def test_a_2016_save_p_from_python_2_opens_too(tmp_path):
 def test_files_that_are_not_2016_agents_get_one_line(tmp_path, content, says):
     (tmp_path / "save.p").write_bytes(pickle.dumps(content))
     result = run("--eval", 1, "--workers", 1, "--checkpoint", tmp_path / "save.p", "--checkpoint-dir", tmp_path)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and says in result.stderr, result.stderr
+    assert os.listdir(tmp_path) == ["save.p"]                  # nothing written
 
 
 def test_a_hostile_pickle_beside_arrays_runs_nothing(tmp_path):
@@ -86,7 +87,9 @@ def test_a_hostile_pickle_beside_arrays_runs_nothing(tmp_path):
     (tmp_path / "save.p").write_bytes(pickle.dumps({"W1": np.zeros((8, 6400)), "W2": Payload()}))
     with pytest.raises(CheckpointError, match="refusing to load"):
         checkpoint.load(tmp_path / "save.p")
-    assert not (tmp_path / "pwned").exists()
+    result = run("--play", "--checkpoint", tmp_path / "save.p", "--checkpoint-dir", tmp_path)
+    assert result.returncode == 2 and "refusing to load" in result.stderr and "Traceback" not in result.stderr
+    assert os.listdir(tmp_path) == ["save.p"]                  # nothing run, nothing written
 
 
 def test_export_format_2016_is_what_the_2016_script_loads_and_plays(tmp_path, real_steps):
