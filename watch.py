@@ -173,7 +173,7 @@ class Mp4Writer:
 
 class GifWriter:
     """Pillow writes an animated GIF in one call, so the frames wait in memory, zlib-compressed (a Pong
-    frame shrinks from 300 KB to a few KB). Pillow merges identical consecutive frames into one
+    frame has few colours and large flat areas). Pillow merges identical consecutive frames into one
     longer frame: the timing stays right."""
 
     def __init__(self, path, Image, width, height):
@@ -250,7 +250,7 @@ BAR_TOP = 312                   # P(UP) as a bar, 240 pixels for P(UP) = 1
 BAR_WIDTH, BAR_HEIGHT = 240, 16
 TRACE_TOP, TRACE_HEIGHT, TRACE_STEPS = 360, 70, 45     # the last 3 s of P(UP) and the actions taken
 GRID_TOP, GRID_COLUMNS, GRID_CELL = 470, 20, 12       # the hidden activations, 20 units a row
-COLORS = {"background": (24, 24, 32), "zero": (0, 0, 0), "appeared": (90, 230, 90), "gone": (240, 80, 80),
+PANEL_COLORS = {"background": (24, 24, 32), "zero": (0, 0, 0), "appeared": (90, 230, 90), "gone": (240, 80, 80),
           "text": (230, 230, 230), "bar": (80, 150, 255), "empty": (60, 60, 75), "up": (90, 230, 90),
           "down": (240, 80, 80)}
 
@@ -276,15 +276,15 @@ class Annotator:
     def _template(self):
         """The panel's unchanging parts: background and labels."""
         if not hasattr(self, "template"):
-            self.template = self.Image.new("RGB", (PANEL_WIDTH, 210 * RECORD_SCALE), COLORS["background"])
+            self.template = self.Image.new("RGB", (PANEL_WIDTH, 210 * RECORD_SCALE), PANEL_COLORS["background"])
             draw, x = self.ImageDraw.Draw(self.template), PANEL_MARGIN
-            draw.text((x, DIFF_TOP + 80 * DIFF_SCALE + 4), "green: appeared   red: gone", fill=COLORS["text"],
+            draw.text((x, DIFF_TOP + 80 * DIFF_SCALE + 4), "green: appeared   red: gone", fill=PANEL_COLORS["text"],
                       font=self.font)
-            draw.text((x, TRACE_TOP - 18), "P(UP), last 3 s (ticks: actions)", fill=COLORS["text"],
+            draw.text((x, TRACE_TOP - 18), "P(UP), last 3 s (ticks: actions)", fill=PANEL_COLORS["text"],
                       font=self.font)
             draw.rectangle([x, TRACE_TOP, x + BAR_WIDTH - 1, TRACE_TOP + TRACE_HEIGHT - 1],
-                           outline=COLORS["empty"])
-            draw.text((x, GRID_TOP - 18), "hidden units (ReLU activations)", fill=COLORS["text"],
+                           outline=PANEL_COLORS["empty"])
+            draw.text((x, GRID_TOP - 18), "hidden units (ReLU activations)", fill=PANEL_COLORS["text"],
                       font=self.font)
         return self.template.copy()
 
@@ -297,18 +297,18 @@ class Annotator:
         panel = self._template()
         draw = self.ImageDraw.Draw(panel)
         x = PANEL_MARGIN
-        draw.text((x, 8), f"what the network sees, step {len(rewards) + 1}", fill=COLORS["text"], font=self.font)
+        draw.text((x, 8), f"what the network sees, step {len(rewards) + 1}", fill=PANEL_COLORS["text"], font=self.font)
         panel.paste(self.Image.fromarray(enlarge(difference_image(idx, turned_on), DIFF_SCALE)), (x, DIFF_TOP))
-        draw.text((x, BAR_TOP - 18), f"P(UP) = {p_up:.2f}, action {'UP' if up else 'DOWN'}", fill=COLORS["text"],
+        draw.text((x, BAR_TOP - 18), f"P(UP) = {p_up:.2f}, action {'UP' if up else 'DOWN'}", fill=PANEL_COLORS["text"],
                   font=self.font)
-        draw.rectangle([x, BAR_TOP, x + BAR_WIDTH - 1, BAR_TOP + BAR_HEIGHT - 1], fill=COLORS["empty"])
+        draw.rectangle([x, BAR_TOP, x + BAR_WIDTH - 1, BAR_TOP + BAR_HEIGHT - 1], fill=PANEL_COLORS["empty"])
         if p_up * BAR_WIDTH >= 1:
             draw.rectangle([x, BAR_TOP, x + round(p_up * BAR_WIDTH) - 1, BAR_TOP + BAR_HEIGHT - 1],
-                           fill=COLORS["bar"])
+                           fill=PANEL_COLORS["bar"])
         self._draw_trace(draw, x)
         self._draw_hidden(draw, x, hidden)
         won, lost = sum(r > 0 for r in rewards), sum(r < 0 for r in rewards)
-        draw.text((x, 210 * RECORD_SCALE - 24), f"score: agent {won} - {lost} built-in AI", fill=COLORS["text"],
+        draw.text((x, 210 * RECORD_SCALE - 24), f"score: agent {won} - {lost} built-in AI", fill=PANEL_COLORS["text"],
                   font=self.font)
         return np.concatenate([enlarge(frame), np.asarray(panel)], axis=1)
 
@@ -320,9 +320,9 @@ class Annotator:
             px = x + (TRACE_STEPS - len(self.trace) + i + 0.5) * step
             points.append((px, bottom - p * (bottom - top)))
             tick = (TRACE_TOP, TRACE_TOP + 4) if up else (TRACE_TOP + TRACE_HEIGHT - 5, TRACE_TOP + TRACE_HEIGHT - 1)
-            draw.line([(px, tick[0]), (px, tick[1])], fill=COLORS["up" if up else "down"])
+            draw.line([(px, tick[0]), (px, tick[1])], fill=PANEL_COLORS["up" if up else "down"])
         if len(points) > 1:
-            draw.line(points, fill=COLORS["bar"], width=2)
+            draw.line(points, fill=PANEL_COLORS["bar"], width=2)
 
     def _draw_hidden(self, draw, x, hidden):
         for unit, value in enumerate(hidden):
@@ -335,9 +335,9 @@ class Annotator:
 def difference_image(idx, turned_on):
     """The 80x80 difference frame as an RGB image: +1 green, -1 red, 0 black."""
     image = np.zeros((80 * 80, 3), np.uint8)
-    image[:] = COLORS["zero"]
-    image[idx[turned_on]] = COLORS["appeared"]
-    image[idx[~turned_on]] = COLORS["gone"]
+    image[:] = PANEL_COLORS["zero"]
+    image[idx[turned_on]] = PANEL_COLORS["appeared"]
+    image[idx[~turned_on]] = PANEL_COLORS["gone"]
     return image.reshape(80, 80, 3)
 
 

@@ -207,7 +207,7 @@ def test_annotated_video_shows_for_each_step_what_the_network_saw_and_did(tmp_pa
     episode = play_episode(env, weights, task_rng(3 + watch.EVAL_SEED_OFFSET, 0), max_steps=steps)
     gif = Image.open(tmp_path / "a.gif")
     assert gif.n_frames == steps
-    reference = np.array([watch.COLORS[name] for name in ("zero", "appeared", "gone")], float)
+    reference = np.array([watch.PANEL_COLORS[name] for name in ("zero", "appeared", "gone")], float)
     checked = 0
     for t in (5, 17, 33):
         gif.seek(t)
@@ -222,7 +222,7 @@ def test_annotated_video_shows_for_each_step_what_the_network_saw_and_did(tmp_pa
         checked += len(idx)
         p_up = policy_forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(vals > 0))
         bar = panel[watch.BAR_TOP + watch.BAR_HEIGHT // 2, watch.PANEL_MARGIN:watch.PANEL_MARGIN + watch.BAR_WIDTH]
-        filled = np.linalg.norm(bar - np.array(watch.COLORS["bar"]), axis=1) < 40
+        filled = np.linalg.norm(bar - np.array(watch.PANEL_COLORS["bar"]), axis=1) < 40
         assert abs(filled.sum() - round(p_up * watch.BAR_WIDTH)) <= 2, (t, p_up, filled.sum())
     assert checked > 0
 
