@@ -407,9 +407,9 @@ def train(args, state, paths):
         try:
             pool.wait_until_ready(stopped)
             for worker in pool.idle():
-                if wanted(state, pool, last_episode) and Stop.signum is None:
+                if wanted(state, pool, last_episode) and not stopped():
                     hand_out(pool, worker, state, policy)
-            while pool.busy and Stop.signum is None:
+            while pool.busy and not stopped():
                 # -- collect: the next finished episode, and the weights it was played with
                 result = pool.next_result(timeout=0.2)
                 if result is None:
@@ -452,7 +452,7 @@ def train(args, state, paths):
                             last_save = state["episode"]
                             last_pictures = time.time() if pictures else last_pictures
         except WorkerError as e:
-            if Stop.signum is None:            # a worker killed by the same signal is no failure
+            if not stopped():                 # a worker killed by the same signal is no failure
                 return e, batch, clock
     return (signal.Signals(Stop.signum).name if Stop.signum else "done"), batch, clock
 
@@ -856,6 +856,7 @@ def watch_agent(args):
 
 
 def stopped():
+    """Whether a stop signal has arrived (the training loop and watching check it between steps)."""
     return Stop.signum is not None
 
 
