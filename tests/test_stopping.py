@@ -66,6 +66,7 @@ def ctrl_c_after(delay, *args):
     while not catches_stop_signals(proc.pid):
         time.sleep(0.002)
     time.sleep(delay)
+    assert proc.poll() is None, "it ended before the Ctrl-C: the test must give it more to do"
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     return proc, out, err
@@ -103,10 +104,12 @@ def test_ctrl_c_at_any_moment_of_start_up_is_a_clean_stop(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["--eval", "--record"])
-def test_ctrl_c_while_watching_starts_is_a_clean_stop(tmp_path, one_episode_run, mode):
-    flags = {"--eval": ["--eval", 2, "--workers", 2], "--record": ["--record", tmp_path / "game.mp4"]}[mode]
+def test_ctrl_c_while_watching_starts_is_a_clean_stop(tmp_path, mode):
+    """The shipped agent (an empty --checkpoint-dir falls back to it) plays long games, so the Ctrl-C
+    comes before the work ends even on a fast machine."""
+    flags = {"--eval": ["--eval", 20, "--workers", 2], "--record": ["--record", tmp_path / "game.mp4"]}[mode]
     for delay in (0.0, 0.1, 0.3, 0.6, 1.0):
-        proc, out, err = ctrl_c_after(delay, *flags, "--checkpoint-dir", one_episode_run)
+        proc, out, err = ctrl_c_after(delay, *flags, "--checkpoint-dir", tmp_path / "empty")
         assert_clean_stop(proc, out, err)
         assert not [name for name in os.listdir(tmp_path) if name != "game.mp4"], "a half-written video"
 
