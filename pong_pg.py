@@ -26,6 +26,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse
 import contextlib
 import errno
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from preprocess import (
     screen_pixels,
     sparse_difference,
 )
-from workers import WorkerError, WorkerPool
+from workers import WorkerError, WorkerPool, game_step
 
 # ---------------------------------------------------------------- hyperparameters (each is a flag)
 HIDDEN = 200            # hidden units
@@ -165,13 +166,14 @@ def play_episode_plain(env, weights, rng, greedy=False):
 def play_episode(env, weights, rng, greedy=False, on_step=None, max_steps=None):
     """Play one episode with weights = play_weights(model); the same game as play_episode_plain.
 
-    Faster: the env is made with obs_type="ram" (no RGB frame per step), and the difference frame
-    comes from ALE's palette-index screen, of which only the pixels that changed are looked at.
+    Faster: the game is stepped straight on the emulator by env.step's rules (game_step: no
+    observation is built), and the difference frame comes from ALE's palette-index screen, of which
+    only the pixels that changed are looked at.
     on_step(rgb_frame, idx, turned_on, up, rewards_so_far) is called at every step, between choosing
     the action and taking it, with the screen the difference frame (idx, turned_on) came from (for
     watching and recording); max_steps cuts the game short; greedy takes UP when P(UP) > 0.5."""
     env.reset()
-    ale = env.unwrapped.ale
+    ale, step = env.unwrapped.ale, game_step(env)
     screen = np.empty((210, 160), np.uint8)
     pixels, previous = np.empty(D, np.uint8), np.empty(D, np.uint8)
     ale.getScreen(screen)                                            # palette indices, into our buffer
@@ -187,7 +189,7 @@ def play_episode(env, weights, rng, greedy=False, on_step=None, max_steps=None):
         up = p_up > 0.5 if greedy else rng.random() < p_up          # sample the action
         if on_step is not None:
             on_step(ale.getScreenRGB(), idx, on, up, rewards)
-        _, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
+        reward, terminated, truncated = step(UP if up else DOWN)    # env.step without the observation
         idxs.append(idx)
         turned_on.append(on)
         ups.append(up)
@@ -232,10 +234,11 @@ def policy_backward(model, hs, xs, dlogits):
 CHUNK_STEPS = 128    # steps per slice in the sparse backward pass (bounds its memory)
 
 
-def accumulate_sparse_gradients(W1T, W2, indptr, idx, vals, up, coefs, dW1T, dW2):
+def accumulate_sparse_gradients(W1T, W2, indptr, idx, vals, up, coefs, dW1T, dW2, row=None):
     """The same backward pass on sparse frames, for K weightings at once: adds the gradient of
     sum_t coefs[t, k] log pi(a_t | x_t) for each column k of coefs (T, K) into dW1T (6400, K*H;
-    column k*H + i is hidden unit i of weighting k) and dW2 (K, H).
+    column k*H + i is hidden unit i of weighting k) and dW2 (K, H). row: the row of dW1T that holds
+    each pixel (default: row = pixel), so that dW1T may hold only the pixels the frames touch.
 
     Frames are in CSR form (Episode.frames). A slice of CHUNK_STEPS steps touches a few hundred
     distinct pixels: their columns of W1 make a small dense problem, a few small matrix products."""
@@ -256,7 +259,7 @@ def accumulate_sparse_gradients(W1T, W2, indptr, idx, vals, up, coefs, dW1T, dW2
         dlogit = ((up[a:b] - p)[:, None] * coefs[a:b]).astype(dtype)  # (steps, K): c_tk (y_t - p_t)
         dW2 += dlogit.T @ h                                          # dW2_k += sum_t dlogit_tk h_t
         dh = (dlogit[:, :, None] * W2) * (h > 0)[:, None, :]         # back through W2 and the relu
-        dW1T[pixels] += X.T @ dh.reshape(b - a, K * H)               # dW1_k += sum_t dh_tk x_t^T
+        dW1T[pixels if row is None else row[pixels]] += X.T @ dh.reshape(b - a, K * H)   # dW1_k += sum_t dh_tk x_t^T
 
 
 # ---------------------------------------------------------------- 6. the batch's gradient
@@ -276,17 +279,58 @@ def batch_gradient_plain(model, episodes, gamma, per_episode=False):
     return policy_backward(model, np.array(hs), xs, advantages * (up - np.array(ps)))
 
 
+@dataclass
+class EpisodeSums:
+    """One episode's share of the batch gradient, for the pixels it touched (the other pixels' W1
+    sums are zero): sums_W1T[:, :H] = (sum_t R_t g_t).T and sums_W1T[:, H:] = (sum_t g_t).T in those
+    rows, the same two sums for W2, sum R, sum R^2; and the episode's steps and score for the log."""
+    pixels: np.ndarray        # (P,) int16: the pixels the episode's difference frames touched, sorted
+    sums_W1T: np.ndarray      # (P, 2H) float32
+    sums_W2: np.ndarray       # (2, H) float64
+    sum_R: float
+    sum_R2: float
+    steps: int
+    score: int
+
+
+def episode_sums(weights, episode, gamma, per_episode=False):
+    """EpisodeSums of an episode played with weights = play_weights(model): its returns R_t and the
+    backward pass of sum_t R_t log pi(a_t|x_t) and of sum_t log pi(a_t|x_t), on the touched pixels.
+    per_episode: R standardized within the episode (the 2016 script's way), so its first sums are A g."""
+    R = discount_rewards(episode.rewards, gamma)
+    if per_episode:
+        R = standardize(R)                                           # A_t over this episode alone
+    touched = np.zeros(D, bool)
+    touched[episode.idx] = True
+    pixels = touched.nonzero()[0]
+    row = np.zeros(D, np.intp)
+    row[pixels] = np.arange(len(pixels))                             # each touched pixel's row in the sums
+    H = len(weights["W2"])
+    sums_W1T, sums_W2 = np.zeros((len(pixels), 2 * H)), np.zeros((2, H))
+    accumulate_sparse_gradients(weights["W1T"], weights["W2"], *episode.frames, episode.up,
+                                np.stack([R, np.ones_like(R)], axis=1), sums_W1T, sums_W2, row)
+    return EpisodeSums(pixels.astype(np.int16), sums_W1T.astype(np.float32), sums_W2, float(R.sum()),
+                       float((R * R).sum()), episode.steps, episode.score)
+
+
+def play_for_batch(env, weights, rng, greedy=False, *, gamma, per_episode):
+    """What a worker does while training: play an episode (with the weights it holds, which may be an
+    update older than the newest), then compute its EpisodeSums with those same weights, so the
+    learner only adds them up."""
+    return episode_sums(weights, play_episode(env, weights, rng, greedy), gamma, per_episode)
+
+
 class BatchGradient:
-    """The same gradient, without keeping the batch: each episode is added when it arrives and is
-    then dropped, with the weights it was played with (which may be an update older than the newest).
+    """The batch's gradient, without keeping the batch: each episode's sums are added when they
+    arrive, then dropped.
 
     With A_t = (R_t - mean) / std over the batch and g_t = grad log pi(a_t | x_t):
         sum_t A_t g_t = (sum_t R_t g_t - mean * sum_t g_t) / std
-    so each episode adds its sum R g, sum g, sum R, sum R^2 and step count. The W1 sums are kept
-    transposed, side by side: sums_W1T[:, :H] = (sum R g).T, sums_W1T[:, H:] = (sum g).T.
+    so each episode adds its sum R g, sum g, sum R, sum R^2 and step count (EpisodeSums). The W1 sums
+    are kept transposed, side by side: sums_W1T[:, :H] = (sum R g).T, sums_W1T[:, H:] = (sum g).T.
 
     per_episode (the 2016 script's way, --preset 2016): each episode's returns are standardized on
-    their own when it arrives, so its R is already A and the first sums are the gradient."""
+    their own, so its R is already A and the first sums are the gradient."""
 
     def __init__(self, hidden, per_episode=False):
         self.per_episode = per_episode
@@ -301,17 +345,18 @@ class BatchGradient:
         self.sum_R = self.sum_R2 = 0.0
         self.steps = self.episodes = 0
 
-    def add_episode(self, weights, episode, gamma):
-        """weights = play_weights() of the weights episode was played with."""
-        R = discount_rewards(episode.rewards, gamma)
-        if self.per_episode:
-            R = standardize(R)                         # A_t over this episode alone
-        accumulate_sparse_gradients(weights["W1T"], weights["W2"], *episode.frames, episode.up,
-                                    np.stack([R, np.ones_like(R)], axis=1), self.sums_W1T, self.sums_W2)
-        self.sum_R += R.sum()
-        self.sum_R2 += (R * R).sum()
-        self.steps += len(R)
+    def add(self, sums):
+        """Add one episode's EpisodeSums."""
+        self.sums_W1T[sums.pixels] += sums.sums_W1T
+        self.sums_W2 += sums.sums_W2
+        self.sum_R += sums.sum_R
+        self.sum_R2 += sums.sum_R2
+        self.steps += sums.steps
         self.episodes += 1
+
+    def add_episode(self, weights, episode, gamma):
+        """Add an episode played with weights = play_weights() (its sums computed here)."""
+        self.add(episode_sums(weights, episode, gamma, self.per_episode))
 
     def gradient(self):
         """{"W1", "W2"}: sum_t A_t g_t over the batch."""
@@ -402,7 +447,8 @@ def train(args, state, paths):
           f"lr {hyper['lr']}, batch {hyper['batch_size']}, gamma {hyper['gamma']}, "
           f"decay {hyper['decay_rate']}, returns standardized per {hyper['standardize']}, {hyper['hidden']} "
           f"hidden units, seed {hyper['seed']}")
-    with WorkerPool(args.workers, play_episode, hyper["seed"], state["next_task"],
+    play = functools.partial(play_for_batch, gamma=hyper["gamma"], per_episode=per_episode)
+    with WorkerPool(args.workers, play, hyper["seed"], state["next_task"],
                     render_first=args.render) as pool, EpisodeLog(paths["log"], state["log_pending"]) as log:
         try:
             pool.wait_until_ready(stopped)
@@ -410,7 +456,7 @@ def train(args, state, paths):
                 if wanted(state, pool, last_episode) and not stopped():
                     hand_out(pool, worker, state, policy)
             while pool.busy and not stopped():
-                # -- collect: the next finished episode, and the weights it was played with
+                # -- collect: the next finished episode's gradient sums, and the weights it was played with
                 result = pool.next_result(timeout=0.2)
                 if result is None:
                     continue
@@ -419,8 +465,8 @@ def train(args, state, paths):
                 if batch.episodes + 1 < hyper["batch_size"] and wanted(state, pool, last_episode):
                     hand_out(pool, worker, state, policy)    # keep it busy while we learn
 
-                # -- learn: the episode's gradient joins the batch
-                batch.add_episode(played.weights, episode, hyper["gamma"])
+                # -- learn: the episode's gradient sums join the batch
+                batch.add(episode)
                 lag = max(lag, policy.version - played.version)
 
                 # -- log

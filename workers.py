@@ -18,15 +18,34 @@ ENV_ID = "ALE/Pong-v5"
 IGNORED_IN_WORKERS = [signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
 
 
-def make_env(render_mode=None, obs_type="ram"):
+def make_env(render_mode=None, obs_type="ram", **rules):
     """ALE/Pong-v5: frameskip 4, sticky actions. obs_type="ram" by default: play_episode reads ALE's
-    palette screen itself, so no RGB frame is built per step; obs_type="rgb" for the RGB frames."""
+    palette screen itself, so no RGB frame is built; obs_type="rgb" for the RGB frames; rules: other
+    settings of the game (max_num_frames_per_episode=...)."""
     if render_mode == "human":
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")   # Pong plays no sound; no ALSA errors without a card
     import ale_py
     import gymnasium
     gymnasium.register_envs(ale_py)
-    return gymnasium.make(ENV_ID, render_mode=render_mode, obs_type=obs_type)
+    return gymnasium.make(ENV_ID, render_mode=render_mode, obs_type=obs_type, **rules)
+
+
+def game_step(env):
+    """A function step(action) -> (reward, terminated, truncated) that plays one agent step of env
+    (made by make_env) by the same rules as env.step, straight on its emulator: the action held for
+    frameskip (4) frames, the frames' rewards summed, sticky actions applied inside the emulator as
+    env.step has them applied, the same end of game and truncation. It builds nothing that env.step
+    would build and play_episode never reads: the observation, the info dict, the wrappers' checks."""
+    ale, frameskip = env.unwrapped.ale, env.spec.kwargs["frameskip"]
+    actions = ale.getMinimalActionSet()             # env.step's action i is actions[i] (v5: minimal set)
+    act, game_over, game_truncated = ale.act, ale.game_over, ale.game_truncated
+
+    def step(action):
+        emulator_action, reward = actions[action], 0
+        for _ in range(frameskip):
+            reward += act(emulator_action)
+        return reward, game_over(with_truncation=False), game_truncated()
+    return step
 
 
 def env_seed(*keys):

@@ -1,7 +1,10 @@
 """Training throughput, measured in one run on this machine: agent steps per second and peak memory of
 
-  (a) the bare emulator: N processes stepping ALE/Pong-v5 with random UP/DOWN actions and reading the
-      screen as pong_pg does (ALE's palette indices, no RGB conversion): the ceiling,
+  (a) the emulator's own limit: N processes playing ALE/Pong-v5 by its rules straight on the emulator
+      (ALEInterface act x4 per agent step, as workers.game_step does) with random UP/DOWN actions,
+      reading ALE's palette screen as pong_pg does; nothing a trainer can do goes faster,
+  (a') the same through gymnasium's env.step, which also builds an observation each step: the RGB
+      frame (as most Atari code steps the game), and (a'') the 128-byte RAM (obs_type="ram"),
   (b) a reference-equivalent trainer: the 2016 pong.py approach (one process, float64, dense W1 @ x
       on every frame, each episode kept as dense float64 arrays, dense backward pass),
   (c) this project's trainer: `python pong_pg.py --workers N`, from a fresh start (a random agent's
@@ -10,7 +13,7 @@
 
     python bench/throughput.py [--workers N] [--seconds S]
 
-Prints a table with the ratios c/a and c/b. Machines are noisy: compare the ratios, not the times.
+Prints a table with the ratios to (a) and to (b). Machines are noisy: compare the ratios, not the times.
 """
 import argparse
 import multiprocessing
@@ -31,7 +34,7 @@ import numpy as np
 import checkpoint
 import pong_pg
 from pong_pg import DOWN, UP
-from workers import make_env
+from workers import game_step, make_env
 
 # ---------------------------------------------------------------- memory of a process tree
 
@@ -82,17 +85,27 @@ def run_measuring_memory(cmd, **kwargs):
     return out, peak[0]
 
 
-# ---------------------------------------------------------------- (a) the bare emulator
+# ---------------------------------------------------------------- (a) the emulator
 
-def _random_player(seconds, seed, result):
-    """Step the game as pong_pg's workers do (ALE's palette screen copied out each step) with no policy."""
-    env = make_env()
+STEPPING = {"emulator": "(a) the emulator: ALE act x4 + palette screen",
+            "env.step": "(a') gymnasium env.step (RGB observation) + palette screen",
+            "env.step ram": "(a'') env.step, obs_type=\"ram\" + palette screen"}
+
+
+def _random_player(how, seconds, seed, result):
+    """Step the game one of the STEPPING ways with random UP/DOWN and no policy, reading ALE's palette
+    screen each step as pong_pg's workers do."""
+    env = make_env(obs_type="rgb" if how == "env.step" else "ram")
     env.reset(seed=seed)
-    ale, screen = env.unwrapped.ale, np.empty((210, 160), np.uint8)
+    ale, step, screen = env.unwrapped.ale, game_step(env), np.empty((210, 160), np.uint8)
     rng = np.random.default_rng(seed)
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        _, _, terminated, truncated, _ = env.step(UP if rng.random() < 0.5 else DOWN)
+        action = UP if rng.random() < 0.5 else DOWN
+        if how == "emulator":
+            _, terminated, truncated = step(action)
+        else:
+            _, _, terminated, truncated, _ = env.step(action)
         ale.getScreen(screen)
         steps += 1
         if terminated or truncated:
@@ -100,10 +113,11 @@ def _random_player(seconds, seed, result):
     result.put(steps / (time.perf_counter() - start))
 
 
-def bare_emulator(workers, seconds):
+def random_players(how, workers, seconds):
+    """Agent steps per second of `workers` processes stepping the game `how` at the same time."""
     ctx = multiprocessing.get_context("spawn")
     result = ctx.Queue()
-    procs = [ctx.Process(target=_random_player, args=(seconds, i, result)) for i in range(workers)]
+    procs = [ctx.Process(target=_random_player, args=(how, seconds, i, result)) for i in range(workers)]
     for p in procs:
         p.start()
     rates = [result.get() for _ in procs]
@@ -208,8 +222,9 @@ def main():
     args = ap.parse_args()
 
     print(f"measuring on {cores} cores with {args.workers} worker(s) ...", flush=True)
-    a = bare_emulator(args.workers, args.seconds)
-    print(f"(a) bare emulator: {a:,.0f} steps/s", flush=True)
+    emulator = {how: random_players(how, args.workers, args.seconds) for how in STEPPING}
+    a = emulator["emulator"]
+    print("; ".join(f"{how}: {rate:,.0f} steps/s" for how, rate in emulator.items()), flush=True)
     out, b_peak = run_measuring_memory([sys.executable, __file__, "--reference-only", str(args.seconds)],
                                        env=USER_ENVIRONMENT)     # the reference as a user runs it: BLAS on all cores
     b = float(out.strip().splitlines()[-1])
@@ -220,10 +235,13 @@ def main():
     print(f"(c') pong_pg from the shipped agent: {t:,.0f} steps/s ({t_length:,.0f}-step games)\n", flush=True)
 
     mb = 1024 * 1024
-    print(f"| setup ({args.workers} worker(s), {cores} cores) | steps/s | peak RSS | c/a | c/b |")
+    print(f"| setup ({args.workers} worker(s), {cores} cores) | steps/s | peak RSS | ÷ (a) | ÷ (b) |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| (a) bare emulator, random UP/DOWN, {args.workers} process(es) | {a:,.0f} | | | |")
-    print(f"| (b) reference-equivalent (1 process, float64, dense) | {b:,.0f} | {b_peak / mb:,.0f} MB | | |")
+    for how, name in STEPPING.items():
+        print(f"| {name}, random UP/DOWN, {args.workers} process(es) | {emulator[how]:,.0f} | | "
+              f"{emulator[how] / a:.2f} | |")
+    print(f"| (b) reference-equivalent (1 process, float64, dense) | {b:,.0f} | {b_peak / mb:,.0f} MB | "
+          f"{b / a:.2f} | |")
     print(f"| (c) pong_pg.py --workers {args.workers}, fresh start ({c_length:,.0f}-step games) | {c:,.0f} | "
           f"{c_peak / mb:,.0f} MB | {c / a:.2f} | {c / b:.2f} |")
     print(f"| (c') the same, trained agent ({t_length:,.0f}-step games) | {t:,.0f} | {t_peak / mb:,.0f} MB | "

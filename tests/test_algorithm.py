@@ -5,6 +5,8 @@ import pytest
 
 from conftest import random_weights
 from pong_pg import (
+    DOWN,
+    UP,
     BatchGradient,
     Episode,
     accumulate_sparse_gradients,
@@ -22,7 +24,7 @@ from pong_pg import (
     standardize,
 )
 from preprocess import D
-from workers import make_env, task_rng
+from workers import game_step, make_env, task_rng
 
 
 def sparse_backward(W1, W2, indptr, idx, vals, up, coefs):
@@ -208,6 +210,28 @@ def test_play_episode_plays_the_same_game_as_play_episode_plain():
         for field in ("indptr", "idx", "vals", "up", "rewards"):
             np.testing.assert_array_equal(getattr(fast, field), getattr(plain, field), err_msg=field)
         assert fast.steps > 500 and (fast.rewards != 0).sum() >= 21
+
+
+@pytest.mark.parametrize("max_frames", [None, 2000])
+def test_game_step_plays_the_game_env_step_plays(max_frames):
+    """The same seed and actions through env.step and through game_step: the same screen, reward, end
+    of game and truncation at every step, over a whole game to 21 (or one cut short by the frame limit,
+    a truncation), sticky actions included."""
+    kwargs = {} if max_frames is None else {"max_num_frames_per_episode": max_frames}
+    by_env, direct = make_env(**kwargs), make_env(**kwargs)
+    by_env.reset(seed=5)
+    direct.reset(seed=5)
+    step, actions = game_step(direct), np.random.default_rng(1).choice([UP, DOWN, 0, 1], size=20_000)
+    screens = [np.empty((210, 160), np.uint8) for _ in range(2)]
+    for t, action in enumerate(actions):
+        _, reward, terminated, truncated, _ = by_env.step(action)
+        assert step(action) == (reward, terminated, truncated), f"step {t}"
+        by_env.unwrapped.ale.getScreen(screens[0])
+        direct.unwrapped.ale.getScreen(screens[1])
+        np.testing.assert_array_equal(screens[0], screens[1], err_msg=f"step {t}")
+        if terminated or truncated:
+            break
+    assert truncated if max_frames else terminated and t > 500
 
 
 def test_an_unfinished_batch_saved_and_restored_gives_the_same_gradient(episode):
