@@ -6,6 +6,7 @@ sends new ones only after an update.
 """
 import multiprocessing
 import os
+import pickle
 import signal
 from multiprocessing.connection import wait
 
@@ -59,7 +60,8 @@ def task_rng(seed, task):
 
 
 def _worker(conn, play_episode, seed, worker_id, first_task, render):
-    """Worker process: receive (task, weights or None, greedy), play that episode, send it back."""
+    """Worker process: receive (task, greedy, whether new weights follow), then the new weights if
+    any (pickled once by the pool for all workers), play that episode, send its result back."""
     for signum in IGNORED_IN_WORKERS:               # inherited as ignored on POSIX; Windows needs it here
         signal.signal(signum, signal.SIG_IGN)
     env = make_env(render_mode="human" if render else None)
@@ -71,8 +73,9 @@ def _worker(conn, play_episode, seed, worker_id, first_task, render):
             message = conn.recv()
             if message is None:
                 return
-            task, new_weights, greedy = message
-            weights = new_weights if new_weights is not None else weights
+            task, greedy, new_weights = message
+            if new_weights:
+                weights = pickle.loads(conn.recv_bytes())
             conn.send(play_episode(env, weights, task_rng(seed, task), greedy=greedy))
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return                                       # the learner is gone: so are we
@@ -91,6 +94,7 @@ class WorkerPool:
         games in a window (at the game's real speed)."""
         ctx = multiprocessing.get_context("spawn")
         self.conns, self.procs, self.busy, self.policies = [], [], set(), {}
+        self.pickled = (None, b"")                    # (version, its weights pickled): once per version
         ignored = {s: signal.signal(s, signal.SIG_IGN) for s in IGNORED_IN_WORKERS}   # inherited
         try:
             for worker_id in range(n_workers):
@@ -145,8 +149,12 @@ class WorkerPool:
         worker does not have that version yet."""
         fresh = self.policies.get(worker, (None,))[0] != policy[0]
         self.policies[worker] = policy
+        if fresh and self.pickled[0] != policy[0]:
+            self.pickled = (policy[0], pickle.dumps(policy[1], protocol=pickle.HIGHEST_PROTOCOL))
         try:
-            self.conns[worker].send((task, policy[1] if fresh else None, greedy))
+            self.conns[worker].send((task, greedy, fresh))
+            if fresh:
+                self.conns[worker].send_bytes(self.pickled[1])
         except OSError:                              # its end of the pipe is closed: it died
             raise WorkerError(self._death(worker)) from None
         self.busy.add(worker)

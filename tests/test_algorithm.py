@@ -6,6 +6,7 @@ import pytest
 from conftest import random_weights
 from pong_pg import (
     DOWN,
+    EPSILON,
     UP,
     BatchGradient,
     Episode,
@@ -22,6 +23,7 @@ from pong_pg import (
     rmsprop_step,
     sigmoid,
     standardize,
+    update,
 )
 from preprocess import D
 from workers import game_step, make_env, task_rng
@@ -176,6 +178,24 @@ def test_rmsprop_step_matches_formula():
         np.testing.assert_allclose(cache[k], expected_cache[k], rtol=1e-5)
         np.testing.assert_allclose(model[k], expected[k], rtol=1e-5)
         assert model[k].dtype == np.float32
+
+
+@pytest.mark.parametrize("per_episode", [False, True])
+def test_update_in_blocks_is_one_rmsprop_step_on_the_whole_gradient(episode, per_episode):
+    """update() steps W1 a block of pixels at a time: the same numbers, bit for bit, as rmsprop_step
+    on the batch's whole gradient."""
+    frames, X, up, rewards = episode
+    weights, batch = random_weights(4), BatchGradient(200, per_episode)
+    batch.add_episode(weights, Episode(*frames, up, rewards), 0.99)
+    model = init_model(200, np.random.default_rng(8))
+    cache = {k: np.random.default_rng(9).random(v.shape).astype(v.dtype) for k, v in model.items()}
+    blocked = ({k: v.copy() for k, v in model.items()}, {k: v.copy() for k, v in cache.items()})
+    rmsprop_step(model, cache, batch.gradient(), 1e-3, 0.9, EPSILON)
+    update(*blocked, batch, {"lr": 1e-3, "decay_rate": 0.9})
+    for k in model:
+        np.testing.assert_array_equal(blocked[0][k], model[k], err_msg=k)
+        np.testing.assert_array_equal(blocked[1][k], cache[k], err_msg=k)
+    assert not np.array_equal(model["W1"], init_model(200, np.random.default_rng(8))["W1"])
 
 
 def test_init_model_is_xavier_scaled_float32():
