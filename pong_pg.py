@@ -587,6 +587,9 @@ def parse_args(argv=None):
         epilog="Hyperparameters left unset take their defaults on a new run and the checkpoint's "
                "values on --resume.")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    p.add_argument("--init-from", metavar="FILE", help="start a new run from the weights in FILE: an agent "
+                   "file (checkpoints/pretrained.pkl, an --export), a training checkpoint (its RMSProp cache "
+                   "too), or the 2016 script's save.p; hyperparameters from the flags")
     p.add_argument("--checkpoint-dir", default="checkpoints", help="where checkpoints and the log live "
                    "(default: %(default)s)")
     p.add_argument("--episodes", type=positive_int, help="stop after this many more episodes, save and "
@@ -636,8 +639,10 @@ def parse_args(argv=None):
                                    ("--record", args.record), ("--export", args.export)) if on]
     if len(modes) > 1 and modes != ["--play", "--record"]:
         p.error(f"{' and '.join(modes)} cannot be combined")
-    if modes and (args.resume or args.render):
-        p.error(f"{modes[0]} watches an agent; --resume and --render are for training")
+    if modes and (args.resume or args.render or args.init_from):
+        p.error(f"{modes[0]} watches an agent; --resume, --init-from and --render are for training")
+    if args.resume and args.init_from:
+        p.error("--init-from starts a new run; --resume continues one: choose one")
     if args.annotate and not (args.play or args.record):
         p.error("--annotate goes with --play or --record")
     if args.format != "pong_pg" and not args.export:
@@ -703,9 +708,29 @@ def load_state(path):
 
 
 def initial_W1(state):
-    """The W1 a run started from, which its seed regenerates exactly (None if the seed is unknown)."""
+    """The W1 a run started from, which its seed regenerates exactly (None if the seed is unknown, or if
+    the run started from another agent's weights)."""
     seed = state.get("hyper", {}).get("seed")
-    return init_model(state["model"]["W1"].shape[0], np.random.default_rng(seed))["W1"] if seed is not None else None
+    if seed is None or state.get("init_from"):
+        return None
+    return init_model(state["model"]["W1"].shape[0], np.random.default_rng(seed))["W1"]
+
+
+def start_from_agent(args):
+    """--init-from FILE: (the state FILE holds, its number of hidden units); a bad FILE or a --hidden
+    that does not fit it ends here (exit 2)."""
+    try:
+        agent = load_agent(args.init_from)
+        if "cache" in agent:
+            check_arrays(agent, ("cache",), args.init_from)
+    except CheckpointError as e:
+        fail(e, code=2)
+    except (KeyError, TypeError, AttributeError):
+        fail(f"checkpoint {args.init_from} is damaged: its RMSProp cache does not fit its weights", code=2)
+    hidden = agent["model"]["W1"].shape[0]
+    if args.hidden is not None and args.hidden != hidden:
+        fail(f"--init-from {args.init_from} has {hidden} hidden units, --hidden asks for {args.hidden}", code=2)
+    return agent, hidden
 
 
 def load_agent(path):
@@ -934,9 +959,9 @@ def need_display(flag):
 
 # ---------------------------------------------------------------- main
 
-def prepare_run(args, paths):
+def prepare_run(args, paths, agent=None):
     """The state to train from: the checkpoint on --resume (its log trimmed to match), else a new run
-    whose first checkpoint is written before it plays."""
+    whose first checkpoint is written before it plays (from agent's weights with --init-from)."""
     if args.resume:
         try:
             state = load_state(paths["checkpoint"])
@@ -953,7 +978,16 @@ def prepare_run(args, paths):
         if os.path.exists(paths[what]):
             fail(f"{paths[what]} already exists: add --resume to continue that run, or choose "
                  f"another --checkpoint-dir", code=2)
-    state = new_state(choose_hyperparameters(args, None), args.seed)
+    if not args.init_from:
+        state = new_state(choose_hyperparameters(args, None), args.seed)
+    else:                                             # the same new run, with FILE's weights instead of random ones
+        state = new_state(choose_hyperparameters(args, None), args.seed)
+        state["model"] = {k: np.array(v, np.float32) for k, v in agent["model"].items()}
+        if "cache" in agent:                          # a training checkpoint: its RMSProp cache goes on too
+            state["cache"] = {k: np.array(v, np.float32) for k, v in agent["cache"].items()}
+        state["init_from"] = args.init_from
+        print(f"starting from the weights in {args.init_from} (trained for {agent.get('episode', '?')} "
+              f"episodes){', with its RMSProp cache' if 'cache' in agent else ''}")
     try:
         checkpoint.save(paths["checkpoint"], state)   # from now on, --resume always has a start
     except OSError as e:
@@ -977,6 +1011,9 @@ def main(argv=None):
         watch_agent(args)
         exit_if_stopped()
         return
+    agent = None
+    if args.init_from:                                 # a bad FILE is refused before anything is written
+        agent, args.hidden = start_from_agent(args)
     try:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
     except OSError as e:
@@ -995,7 +1032,7 @@ def main(argv=None):
         fail(f"cannot lock {args.checkpoint_dir}: {e.strerror or e}")
     with lock:                  # one trainer per directory, until this one ends (the OS frees it on a kill)
         exit_if_stopped()
-        state = prepare_run(args, paths)
+        state = prepare_run(args, paths, agent)
         first_episode = state["episode"]
         lock.name_holder()
         checkpoint.remove_temporaries(args.checkpoint_dir)

@@ -11,7 +11,7 @@
       1,000-step games), and (c') from the shipped agent (games of several thousand steps, as in the
       hours of an overnight run), learning with a negligible rate so that it stays that good.
 
-    python bench/throughput.py [--workers N] [--seconds S]
+    python bench/throughput.py [--workers N] [--seconds S] [--rounds R]
 
 Prints a table with the ratios to (a) and to (b). Machines are noisy and their speed drifts over
 minutes: the emulator's ways are measured in rotation, and each trainer run against the emulator
@@ -226,11 +226,21 @@ def this_trainer(workers, seconds, agent=None):
     return (total_steps[-1] - total_steps[0]) / (wall[-1] - wall[0]), peak, rows[1:, 3].mean()
 
 
+def summary(runs):
+    """[(ratio to the emulator, steps/s, peak RSS, game length)] -> ("median (low-high)" of the ratios,
+    median steps/s, the highest peak, median game length)."""
+    ratios, rates, peaks, lengths = zip(*runs, strict=True)
+    spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+    return f"{np.median(ratios):.2f}{spread}", np.median(rates), max(peaks), np.median(lengths)
+
+
 def main():
     cores = len(os.sched_getaffinity(0))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=cores, help="processes (default: the cores, %(default)s)")
     ap.add_argument("--seconds", type=float, default=20, help="length of each measurement (default: %(default)s)")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of (c) and of (c'), each between two measurements "
+                    "of the emulator (default: %(default)s)")
     args = ap.parse_args()
 
     print(f"measuring on {cores} cores with {args.workers} worker(s) ...", flush=True)
@@ -241,16 +251,18 @@ def main():
                                        env=USER_ENVIRONMENT)     # the reference as a user runs it: BLAS on all cores
     b = float(out.strip().splitlines()[-1])
     print(f"(b) reference-equivalent: {b:,.0f} steps/s", flush=True)
-    # each trainer run is compared with the emulator's limit measured just before and just after it
-    limits = [random_players("emulator", args.workers, args.seconds)]
-    c, c_peak, c_length = this_trainer(args.workers, args.seconds)
-    limits.append(random_players("emulator", args.workers, args.seconds))
-    print(f"(c) pong_pg from a fresh start: {c:,.0f} steps/s ({c_length:,.0f}-step games)", flush=True)
-    t, t_peak, t_length = this_trainer(args.workers, args.seconds, agent=pong_pg.SHIPPED_AGENT)
-    limits.append(random_players("emulator", args.workers, args.seconds))
-    print(f"(c') pong_pg from the shipped agent: {t:,.0f} steps/s ({t_length:,.0f}-step games)", flush=True)
-    c_limit, t_limit = (limits[0] + limits[1]) / 2, (limits[1] + limits[2]) / 2
-    print(f"the emulator's limit around them: {', '.join(f'{x:,.0f}' for x in limits)} steps/s\n", flush=True)
+    # each trainer run is divided by the emulator's limit measured just before and just after it
+    limits, runs = [random_players("emulator", args.workers, args.seconds)], {"c": [], "c'": []}
+    for _ in range(args.rounds):
+        for name, agent in (("c", None), ("c'", pong_pg.SHIPPED_AGENT)):
+            rate, peak, length = this_trainer(args.workers, args.seconds, agent)
+            limits.append(random_players("emulator", args.workers, args.seconds))
+            runs[name].append((rate / ((limits[-2] + limits[-1]) / 2), rate, peak, length))
+            print(f"({name}) pong_pg from {'the shipped agent' if agent else 'a fresh start'}: {rate:,.0f} "
+                  f"steps/s ({length:,.0f}-step games), {runs[name][-1][0]:.2f} of the emulator around it",
+                  flush=True)
+    (c_ratio, c, c_peak, c_length), (t_ratio, t, t_peak, t_length) = (summary(runs[name]) for name in runs)
+    print(flush=True)
 
     mb = 1024 * 1024
     print(f"| setup ({args.workers} worker(s), {cores} cores) | steps/s | peak RSS | ÷ (a) | ÷ (b) |")
@@ -261,11 +273,11 @@ def main():
     print(f"| (b) reference-equivalent (1 process, float64, dense) | {b:,.0f} | {b_peak / mb:,.0f} MB | "
           f"{b / a:.2f} | |")
     print(f"| (c) pong_pg.py --workers {args.workers}, fresh start ({c_length:,.0f}-step games) | {c:,.0f} | "
-          f"{c_peak / mb:,.0f} MB | {c / c_limit:.2f} | {c / b:.2f} |")
+          f"{c_peak / mb:,.0f} MB | {c_ratio} | {c / b:.2f} |")
     print(f"| (c') the same, trained agent ({t_length:,.0f}-step games) | {t:,.0f} | {t_peak / mb:,.0f} MB | "
-          f"{t / t_limit:.2f} | {t / b:.2f} |")
-    print(f"\n(a'), (a''): medians of 3 turns taken in rotation with (a); (c), (c') are divided by the "
-          f"emulator's limit measured just before and after each ({c_limit:,.0f}, {t_limit:,.0f} steps/s).")
+          f"{t_ratio} | {t / b:.2f} |")
+    print(f"\n(a'), (a''): medians of 3 turns taken in rotation with (a). (c), (c'): medians of {args.rounds} "
+          f"run(s), each divided by the emulator's limit measured just before and after it (range in brackets).")
 
 
 if __name__ == "__main__":

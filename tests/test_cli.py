@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import checkpoint
+import pong_pg
 from conftest import children_of, copy_run, gone, log_rows, run, saved, start, wait_for_rows
 from pong_pg import init_model, parse_args
 
@@ -154,3 +155,45 @@ def test_preset_2016_trains_with_the_2016_settings_and_flags_still_win(tmp_path)
     assert parse_args(["--preset", "2016", "--lr", "5e-4"]).lr == 5e-4
     default = parse_args([])
     assert (default.lr, default.decay_rate, default.standardize) == (None, None, None)   # the defaults, unchanged
+
+
+def test_init_from_an_agent_file_starts_a_new_run_with_its_weights(tmp_path):
+    """--init-from the shipped agent: a new run (log from episode 1) whose network is the agent's,
+    with a fresh RMSProp cache (an agent file holds none)."""
+    shipped = checkpoint.load(pong_pg.SHIPPED_AGENT)["model"]
+    result = run("--init-from", pong_pg.SHIPPED_AGENT, "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    state = saved(tmp_path)
+    assert state["episode"] == 1 and len(log_rows(tmp_path)) == 1 and state["updates"] == 0
+    for k in ("W1", "W2"):
+        np.testing.assert_array_equal(state["model"][k], shipped[k])   # no update yet: exactly its weights
+        assert not state["cache"][k].any()
+    assert state["init_from"] == str(pong_pg.SHIPPED_AGENT)
+    assert int(log_rows(tmp_path)[0]["score"]) > 0                     # it plays as the agent does: it wins
+
+
+def test_init_from_a_checkpoint_carries_its_rmsprop_cache_and_learns_on(tmp_path, one_episode_run):
+    source = saved(one_episode_run)
+    source["cache"] = {k: np.full_like(v, 1e-4) for k, v in source["model"].items()}
+    checkpoint.save(tmp_path / "source.pkl", source)
+    result = run("--init-from", tmp_path / "source.pkl", "--episodes", 2, "--batch-size", 2, "--workers", 1,
+                 "--lr", 1e-2, "--checkpoint-dir", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    state = saved(tmp_path / "run")
+    assert state["updates"] == 1 and state["hyper"]["lr"] == 1e-2 and state["hyper"]["batch_size"] == 2
+    assert not np.array_equal(state["model"]["W1"], source["model"]["W1"])       # it learned from there
+    # one RMSProp step from the file's cache: decay * 1e-4 + (1 - decay) g^2, so at least 0.9e-4
+    # everywhere and exactly that where the batch did not reach (a fresh cache would give 0 there)
+    assert state["cache"]["W1"].min() == pytest.approx(0.9e-4, rel=1e-6)
+    assert (state["cache"]["W1"] > 0.9e-4 * (1 + 1e-3)).any() and state["cache"]["W2"].min() >= 0.9e-4
+
+
+@pytest.mark.parametrize("flags, says", [(["--init-from", "README.md"], "not a pong_pg checkpoint"),
+                                         (["--init-from", "no-such.pkl"], "no-such.pkl"),
+                                         (["--init-from", pong_pg.SHIPPED_AGENT, "--hidden", 16], "hidden units"),
+                                         (["--init-from", pong_pg.SHIPPED_AGENT, "--resume"], "choose one")])
+def test_init_from_refuses_what_cannot_start_a_run_before_writing_anything(tmp_path, flags, says):
+    result = run(*flags, "--checkpoint-dir", tmp_path / "run")
+    assert result.returncode == 2 and says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 12
+    assert not (tmp_path / "run").exists()
