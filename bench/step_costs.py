@@ -2,9 +2,10 @@
 
   1. the worker's loop in one process, built up piece by piece (each line adds one piece to the one
      above; the differences are the pieces' costs, cache misses included),
-  2. a real training run: the CPU time of the learner and of each worker per agent step, from /proc.
+  2. real training runs with 2, 16 and 64 workers: the CPU time of the learner and of the workers per
+     agent step, from /proc, and the memory of all the processes.
 
-    python bench/step_costs.py [--steps N] [--seconds S]
+    python bench/step_costs.py [--steps N] [--seconds S] [--workers 2,16,64]
 
 Machines are noisy: the pieces are differences of ~220 us per step; repeat and compare.
 """
@@ -22,27 +23,32 @@ sys.path.insert(0, ROOT)
 
 import numpy as np
 
-from pong_pg import DOWN, UP, init_model, play_episode, play_weights, policy_forward_sparse
+from pong_pg import DOWN, UP, init_model, play_episode, play_for_batch, play_weights, policy_forward_sparse
 from preprocess import COLORS, D, difference_values, learn_colors, screen_difference, screen_pixels
-from throughput import children_by_parent
-from workers import make_env
+from throughput import _tree_rss_bytes, children_by_parent
+from workers import game_step, make_env
 
-PIECES = ["the emulator (env.step, random UP/DOWN)", "+ read the palette screen", "+ downsample it to 80x80",
-          "+ the sparse difference frame", "+ the sparse forward pass", "+ keep the step", "play_episode itself"]
+PIECES = ["the emulator (game_step, random UP/DOWN)", "+ read the palette screen", "+ downsample it to 80x80",
+          "+ the sparse difference frame", "+ the sparse forward pass", "+ keep the step", "play_episode itself",
+          "+ its gradient sums (play_for_batch)"]
 
 
 def worker_loop(env, weights, steps, pieces):
     """Microseconds per step of play with the first `pieces` pieces of play_episode's loop."""
-    if pieces == len(PIECES) - 1:
+    if pieces >= len(PIECES) - 2:
         rng, played, start = np.random.default_rng(0), 0, time.perf_counter()
         while played < steps:
-            played += play_episode(env, weights, rng).steps
+            if pieces == len(PIECES) - 2:
+                played += play_episode(env, weights, rng).steps
+            else:
+                played += play_for_batch(env, weights, rng, gamma=0.99, per_episode=False).steps
         return 1e6 * (time.perf_counter() - start) / played
     rng, ale = np.random.default_rng(0), env.unwrapped.ale
     screen, pixels, previous = np.empty((210, 160), np.uint8), np.empty(D, np.uint8), np.empty(D, np.uint8)
     played, start = 0, time.perf_counter()
     while played < steps:
         env.reset()
+        step = game_step(env)
         ale.getScreen(screen)
         screen_pixels(screen, previous)
         learn_colors(COLORS, previous, screen, ale.getScreenRGB)
@@ -59,7 +65,7 @@ def worker_loop(env, weights, steps, pieces):
             if pieces >= 4:
                 p_up = policy_forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(on))
             up = rng.random() < p_up
-            _, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
+            reward, terminated, truncated = step(UP if up else DOWN)
             if pieces >= 5:
                 kept.append((idx, on, up, reward))
             played += 1
@@ -73,25 +79,28 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
 
 
-def training_run(seconds):
-    """CPU microseconds per agent step of each process of `pong_pg.py` over `seconds` of training."""
+def training_run(seconds, workers):
+    """CPU microseconds per agent step of each process of `pong_pg.py --workers N` over `seconds` of
+    training from a fresh start, the steps, the wall time, and the peak memory of all its processes."""
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "log.csv")
-        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "pong_pg.py"), "--quiet",
-                                 "--checkpoint-dir", tmp], cwd=ROOT, stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "pong_pg.py"), "--quiet", "--workers",
+                                 str(workers), "--checkpoint-dir", tmp], cwd=ROOT, stdout=subprocess.DEVNULL)
         while not (os.path.exists(log) and os.path.getsize(log) > 80):    # the first episode is in
             time.sleep(0.05)
         workers = [pid for pid in children_by_parent().get(proc.pid, [])   # (not multiprocessing's tracker)
                    if b"resource_tracker" not in read_bytes(f"/proc/{pid}/cmdline")]
         pids = [proc.pid] + workers
         steps_before = np.loadtxt(log, delimiter=",", skiprows=1, ndmin=2)[-1, 4]
-        before, start = [cpu_seconds(p) for p in pids], time.time()
-        time.sleep(seconds)
+        before, start, peak = [cpu_seconds(p) for p in pids], time.time(), 0
+        while time.time() - start < seconds:
+            peak = max(peak, _tree_rss_bytes(proc.pid))
+            time.sleep(0.5)
         after, wall = [cpu_seconds(p) for p in pids], time.time() - start
         steps = np.loadtxt(log, delimiter=",", skiprows=1, ndmin=2)[-1, 4] - steps_before
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
-    return steps, wall, [(pid, 1e6 * (a - b) / steps) for pid, a, b in zip(pids, after, before, strict=True)]
+    return steps, wall, [1e6 * (a - b) / steps for a, b in zip(after, before, strict=True)], peak
 
 
 def read_bytes(path):
@@ -102,7 +111,9 @@ def read_bytes(path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=10_000, help="steps per piece (default: %(default)s)")
-    ap.add_argument("--seconds", type=float, default=40, help="length of the training run (default: %(default)s)")
+    ap.add_argument("--seconds", type=float, default=40, help="length of each training run (default: %(default)s)")
+    ap.add_argument("--workers", type=lambda text: [int(n) for n in text.split(",")], default=[2, 16, 64],
+                    help="worker counts of the training runs, comma-separated (default: 2,16,64)")
     args = ap.parse_args()
 
     env = make_env()
@@ -113,13 +124,15 @@ def main():
         print(f"   {name:42s} {worker_loop(env, weights, args.steps, pieces):6.1f}", flush=True)
     env.close()
 
-    steps, wall, costs = training_run(args.seconds)
-    print(f"\n2. pong_pg.py, {steps / wall:,.0f} steps/s over {wall:.0f} s; CPU us per agent step (all steps):")
-    for i, (_pid, us) in enumerate(costs):
-        print(f"   {'learner' if i == 0 else f'worker {i - 1}':10s} {us:6.1f}")
     cores = len(os.sched_getaffinity(0))
-    print(f"   {'total':10s} {sum(us for _, us in costs):6.1f}   ({cores} cores x wall time per step: "
-          f"{cores * 1e6 * wall / steps:.1f})")
+    print(f"\n2. pong_pg.py from a fresh start, {args.seconds:.0f} s each, on {cores} cores: CPU us per agent step")
+    print("| workers | steps/s | learner | each worker (mean) | all processes | cores x wall time | peak memory |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for workers in args.workers:
+        steps, wall, costs, peak = training_run(args.seconds, workers)
+        print(f"| {workers} | {steps / wall:,.0f} | {costs[0]:.1f} | {np.mean(costs[1:]) * workers:.1f} | "
+              f"{sum(costs):.1f} | {cores * 1e6 * wall / steps:.1f} | {peak / 2**20:,.0f} MB |", flush=True)
+    print("(each worker: its CPU per step it played, the mean over the workers)")
 
 
 if __name__ == "__main__":
