@@ -448,9 +448,9 @@ class Policy(NamedTuple):
 
 
 def train(args, state, paths):
-    """Worker processes play episodes with the newest weights; each finished episode's gradient joins
-    the batch; every batch_size episodes, one RMSProp step. Returns why it ended: "done", a stop
-    signal's name, or a WorkerError."""
+    """Worker processes play episodes with the newest weights and compute each episode's gradient sums
+    (play_for_batch); the sums join the batch; every batch_size episodes, one RMSProp step. Returns
+    why it ended: "done", a stop signal's name, or a WorkerError."""
     hyper, model, cache = state["hyper"], state["model"], state["cache"]
     per_episode = hyper["standardize"] == "episode"
     if state["batch"] and bool(state["batch"].get("per_episode", False)) != per_episode:

@@ -90,8 +90,9 @@ class WorkerPool:
     A context manager: leaving it stops every worker."""
 
     def __init__(self, n_workers, play_episode, seed, first_task, render_first=False):
-        """play_episode(env, weights, rng, greedy) plays one episode; render_first: worker 0 shows its
-        games in a window (at the game's real speed)."""
+        """play_episode(env, weights, rng, greedy) plays one episode and returns what the worker sends
+        back (an Episode, or in training its EpisodeSums); render_first: worker 0 shows its games in a
+        window (at the game's real speed)."""
         ctx = multiprocessing.get_context("spawn")
         self.conns, self.procs, self.busy, self.policies = [], [], set(), {}
         self.pickled = (None, b"")                    # (version, its weights pickled): once per version
@@ -160,8 +161,8 @@ class WorkerPool:
         self.busy.add(worker)
 
     def next_result(self, timeout):
-        """(worker, Episode, the policy it was played with) for an episode that finished, or None
-        after timeout seconds."""
+        """(worker, what play_episode returned, the policy it was played with) for an episode that
+        finished, or None after timeout seconds."""
         ready = wait([self.conns[w] for w in self.busy] + [self.procs[w].sentinel for w in self.busy],
                      timeout)
         for worker in sorted(self.busy):
