@@ -479,21 +479,21 @@ def train(args, state, paths):
                 result = pool.next_result(timeout=0.2)
                 if result is None:
                     continue
-                worker, episode, played = result
-                count_episode(state, episode)
+                worker, sums, played = result        # sums: EpisodeSums, with its score and steps
+                count_episode(state, sums)
                 if batch.episodes + 1 < hyper["batch_size"] and wanted(state, pool, last_episode):
                     hand_out(pool, worker, state, policy)    # keep it busy while we learn
 
                 # -- learn: the episode's gradient sums join the batch
-                batch.add(episode)
+                batch.add(sums)
                 lag = max(lag, policy.version - played.version)
 
                 # -- log
-                window_steps += episode.steps
-                log.append(state, episode, clock.seconds())
+                window_steps += sums.steps
+                log.append(state, sums, clock.seconds())
                 if not args.quiet:
-                    print(f"episode {state['episode']}: score {episode.score:+d}, running mean "
-                          f"{state['running_mean']:+.2f}, {episode.steps} steps, {clock}")
+                    print(f"episode {state['episode']}: score {sums.score:+d}, running mean "
+                          f"{state['running_mean']:+.2f}, {sums.steps} steps, {clock}")
 
                 # -- update: every batch_size episodes (>=: --batch-size may shrink on resume)
                 if batch.episodes >= hyper["batch_size"]:
