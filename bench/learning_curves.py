@@ -8,6 +8,8 @@ time, so each has the whole machine, as a user's run would.
     python bench/learning_curves.py --lr 1e-3 2e-3 --seeds 0 1 2   # compare learning rates
     python bench/learning_curves.py --decay-rate 0.9 --seeds 0 1 2 # or RMSProp decays, or --workers 2 4
     python bench/learning_curves.py --preset 2016 --workers 1      # the 2016 script's settings
+    python bench/learning_curves.py --init-from checkpoints/pretrained.pkl --target 15 --lr 1e-3 3e-4 \
+        --minutes 60 --out runs/plateau                            # settings for training on an agent
 
 Writes into --out: one run directory per (setting, seed) with its checkpoint and log (an interrupted
 study resumes the runs it had begun), results.md (time, episodes and steps to the target per run) and
@@ -41,13 +43,14 @@ def first_reaching(rows, target):
     return next((r for r in rows if float(r["running_mean"]) >= target), None)
 
 
-def run_until(directory, flags, target, minutes):
-    """Train in directory until the running mean reaches target or the run has trained `minutes`."""
+def run_until(directory, flags, target, minutes, new_run_flags=()):
+    """Train in directory until the running mean reaches target or the run has trained `minutes`;
+    new_run_flags (--init-from FILE) are given only when the run starts, not when it is resumed."""
     log = os.path.join(directory, "log.csv")
     rows = read_log(log)
     if first_reaching(rows, target) or (rows and float(rows[-1]["wall_seconds"]) >= 60 * minutes):
         return rows                                     # finished earlier
-    resume = ["--resume"] if os.path.exists(os.path.join(directory, "pong_pg.pkl")) else []
+    resume = ["--resume"] if os.path.exists(os.path.join(directory, "pong_pg.pkl")) else list(new_run_flags)
     cmd = [sys.executable, os.path.join(ROOT, "pong_pg.py"), "--quiet", "--checkpoint-dir", directory,
            *resume, *flags]
     print(" ".join(cmd[1:]), flush=True)
@@ -108,7 +111,8 @@ def setting_of(name):
 
 def planned_runs(args):
     """(setting, seed, flags) for every combination of the candidates given on the command line."""
-    for preset, lr, decay, workers in itertools.product(args.preset, args.lr, args.decay_rate, args.workers):
+    for preset, lr, decay, gamma, workers in itertools.product(args.preset, args.lr, args.decay_rate, args.gamma,
+                                                               args.workers):
         flags, names = [], []
         if preset is not None:
             flags += ["--preset", preset]
@@ -119,6 +123,9 @@ def planned_runs(args):
         if decay is not None:
             flags += ["--decay-rate", str(decay)]
             names.append(f"decay {decay:g}")
+        if gamma is not None:
+            flags += ["--gamma", str(gamma)]
+            names.append(f"gamma {gamma:g}")
         if workers is not None:
             flags += ["--workers", str(workers)]
             names.append(f"{workers} workers")
@@ -172,7 +179,10 @@ def main():
     ap.add_argument("--preset", nargs="+", default=[None], help="pong_pg presets (2016: the 2016 script's settings)")
     ap.add_argument("--lr", type=float, nargs="+", default=[None], help="learning rates (default: pong_pg's)")
     ap.add_argument("--decay-rate", type=float, nargs="+", default=[None], help="RMSProp decays")
+    ap.add_argument("--gamma", type=float, nargs="+", default=[None], help="reward discounts")
     ap.add_argument("--workers", type=int, nargs="+", default=[None], help="worker counts (default: pong_pg's)")
+    ap.add_argument("--init-from", metavar="FILE", help="start every run from this agent's weights (pong_pg.py "
+                    "--init-from), to compare settings from the same trained agent")
     ap.add_argument("--target", type=float, default=0.0, help="running mean to reach (default: %(default)s)")
     ap.add_argument("--minutes", type=float, default=30, help="give up after this much training time")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "learning_curves"))
@@ -191,7 +201,8 @@ def main():
         for setting, seed, flags in planned_runs(args):
             directory = run_directory(args.out, setting, seed)
             os.makedirs(directory, exist_ok=True)
-            rows = run_until(directory, flags, args.target, args.minutes)
+            rows = run_until(directory, flags, args.target, args.minutes,
+                             ["--init-from", args.init_from] if args.init_from else [])
             results.append({"setting": setting, "seed": seed, "rows": rows})
     report(results, args.target, args.out, args.by_steps)
 
