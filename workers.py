@@ -96,6 +96,14 @@ class WorkerPool:
         ctx = multiprocessing.get_context("spawn")
         self.conns, self.procs, self.busy, self.policies = [], [], set(), {}
         self.pickled = (None, b"")                    # (version, its weights pickled): once per version
+        # The workers must start with these signals ignored, which they inherit only from an ignoring
+        # parent. So the learner ignores them while it spawns; it blocks them first where it can, so
+        # that one arriving meanwhile waits and reaches the learner's handler after (not lost).
+        can_block = hasattr(signal, "pthread_sigmask")              # POSIX; not on Windows
+        if can_block:
+            from multiprocessing import resource_tracker
+            resource_tracker.ensure_running()    # started later, it would unblock SIGINT while we ignore it
+            signal.pthread_sigmask(signal.SIG_BLOCK, IGNORED_IN_WORKERS)
         ignored = {s: signal.signal(s, signal.SIG_IGN) for s in IGNORED_IN_WORKERS}   # inherited
         try:
             for worker_id in range(n_workers):
@@ -113,6 +121,8 @@ class WorkerPool:
         finally:
             for s, handler in ignored.items():
                 signal.signal(s, handler)
+            if can_block:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, IGNORED_IN_WORKERS)
 
     def __len__(self):
         return len(self.conns)

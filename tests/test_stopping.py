@@ -2,6 +2,8 @@
 (SIGHUP), a second trainer on the same directory, kill -9. Real processes, the real emulator."""
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -112,6 +114,34 @@ def test_ctrl_c_while_watching_starts_is_a_clean_stop(tmp_path, mode):
         proc, out, err = ctrl_c_after(delay, *flags, "--checkpoint-dir", tmp_path / "empty")
         assert_clean_stop(proc, out, err)
         assert not [name for name in os.listdir(tmp_path) if name != "game.mp4"], "a half-written video"
+
+
+SPAWN_WITH_A_CTRL_C = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+import pong_pg                                         # as the trainer: one BLAS thread, no other threads
+import multiprocessing.context, workers
+real_start = multiprocessing.context.SpawnProcess.start
+def start_after_a_ctrl_c(process):
+    os.kill(os.getpid(), signal.SIGINT)                # lands exactly while the pool is spawning
+    real_start(process)
+multiprocessing.context.SpawnProcess.start = start_after_a_ctrl_c
+caught = []
+signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+with workers.WorkerPool(1, pong_pg.play_episode, 0, 0):
+    time.sleep(0.1)                                    # Python runs a handler between bytecodes
+print("caught", caught)
+"""
+
+
+def test_a_ctrl_c_while_the_workers_are_spawned_is_not_lost():
+    """The learner ignores SIGINT while it spawns the workers (so that they start ignoring it); a
+    Ctrl-C arriving just then must still reach the learner's handler afterwards, in a process with
+    the trainer's threads (only the main one)."""
+    result = subprocess.run([sys.executable, "-c", SPAWN_WITH_A_CTRL_C, os.path.dirname(pong_pg.__file__)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"caught [{int(signal.SIGINT)}]" in result.stdout or "caught [<Signals.SIGINT: 2>]" in result.stdout
 
 
 def test_a_closed_terminal_saves_and_stops_the_workers(tmp_path):
