@@ -978,10 +978,8 @@ def prepare_run(args, paths, agent=None):
         if os.path.exists(paths[what]):
             fail(f"{paths[what]} already exists: add --resume to continue that run, or choose "
                  f"another --checkpoint-dir", code=2)
-    if not args.init_from:
-        state = new_state(choose_hyperparameters(args, None), args.seed)
-    else:                                             # the same new run, with FILE's weights instead of random ones
-        state = new_state(choose_hyperparameters(args, None), args.seed)
+    state = new_state(choose_hyperparameters(args, None), args.seed)
+    if agent is not None:                             # --init-from: FILE's weights instead of random ones
         state["model"] = {k: np.array(v, np.float32) for k, v in agent["model"].items()}
         if "cache" in agent:                          # a training checkpoint: its RMSProp cache goes on too
             state["cache"] = {k: np.array(v, np.float32) for k, v in agent["cache"].items()}
