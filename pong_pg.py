@@ -342,11 +342,14 @@ class BatchGradient:
         self.per_episode = per_episode
         self.sums_W1T = np.zeros((D, 2 * hidden))
         self.sums_W2 = np.zeros((2, hidden))
+        self.touched = np.zeros(D, bool)                 # the pixels whose sums may be nonzero
         self.reset()
 
     def reset(self):
-        """Empty the batch (reusing the arrays: a fresh 20 MB per update would fragment memory)."""
-        self.sums_W1T.fill(0)
+        """Empty the batch (reusing the arrays: a fresh 20 MB per update would fragment memory; only
+        the touched pixels' rows need zeroing)."""
+        self.sums_W1T[self.touched] = 0
+        self.touched.fill(False)
         self.sums_W2.fill(0)
         self.sum_R = self.sum_R2 = 0.0
         self.steps = self.episodes = 0
@@ -354,6 +357,7 @@ class BatchGradient:
     def add(self, sums):
         """Add one episode's EpisodeSums."""
         self.sums_W1T[sums.pixels] += sums.sums_W1T
+        self.touched[sums.pixels] = True
         self.sums_W2 += sums.sums_W2
         self.sum_R += sums.sum_R
         self.sum_R2 += sums.sum_R2
@@ -363,6 +367,10 @@ class BatchGradient:
     def add_episode(self, weights, episode, gamma):
         """Add an episode played with weights = play_weights() (its sums computed here)."""
         self.add(episode_sums(weights, episode, gamma, self.per_episode))
+
+    def pixels(self):
+        """The pixels the batch's frames touched, sorted: W1's gradient is zero in the other columns."""
+        return self.touched.nonzero()[0]
 
     def gradient(self, pixels=slice(None)):
         """{"W1", "W2"}: sum_t A_t g_t over the batch; "W1" only for the columns of these pixels."""
@@ -379,7 +387,7 @@ class BatchGradient:
     def state(self):
         """The unfinished batch as a checkpoint keeps it, compactly: the W1 sums of the pixels the
         batch touched (the rest are zero), in float32; the other sums as they are."""
-        pixels = np.flatnonzero(self.sums_W1T.any(axis=1))
+        pixels = self.pixels()
         return {"pixels": pixels.astype(np.int16), "sums_W1T": self.sums_W1T[pixels].astype(np.float32),
                 "sums_W2": self.sums_W2.copy(), "sum_R": self.sum_R, "sum_R2": self.sum_R2,
                 "steps": self.steps, "episodes": self.episodes, "per_episode": self.per_episode}
@@ -396,6 +404,7 @@ class BatchGradient:
         if np.shape(state["sums_W1T"])[1:] != (2 * hidden,) or np.shape(state["sums_W2"]) != (2, hidden):
             raise ValueError("the unfinished batch's sums do not fit the network")
         batch.sums_W1T[pixels] = state["sums_W1T"]
+        batch.touched[pixels] = True
         batch.sums_W2[:] = state["sums_W2"]
         batch.sum_R, batch.sum_R2 = float(state["sum_R"]), float(state["sum_R2"])
         batch.steps, batch.episodes = int(state["steps"]), int(state["episodes"])
@@ -404,11 +413,13 @@ class BatchGradient:
 
 # ---------------------------------------------------------------- 7. RMSProp
 
-def rmsprop_step(model, cache, grad, lr, decay, eps):
-    """Gradient ascent with RMSProp: cache = decay*cache + (1-decay)*g^2; W += lr*g/(sqrt(cache)+eps)."""
+def rmsprop_step(model, cache, grad, lr, decay, eps, decayed=False):
+    """Gradient ascent with RMSProp: cache = decay*cache + (1-decay)*g^2; W += lr*g/(sqrt(cache)+eps).
+    decayed: the cache was multiplied by decay already (update() does that for all of W1 at once)."""
     for k in grad:
         g = grad[k].astype(model[k].dtype)
-        cache[k] *= decay
+        if not decayed:
+            cache[k] *= decay
         cache[k] += (1 - decay) * g * g
         step = np.sqrt(cache[k])
         step += eps
@@ -421,22 +432,35 @@ UPDATE_BLOCK = 512    # pixels (columns of W1) per block of update()
 
 
 def update(model, cache, batch, hyper):
-    """One parameter update from a full batch: rmsprop_step(model, cache, batch.gradient()), done on
-    W1's columns a block of UPDATE_BLOCK pixels at a time (a block's gradient, cache and weights stay in
-    the CPU's cache through the formula's steps: the same numbers, fewer trips to memory). A non-finite
-    number stops training before it spreads (the run then ends without saving)."""
-    for a in range(0, model["W1"].shape[1], UPDATE_BLOCK):
-        columns = slice(a, a + UPDATE_BLOCK)
-        grad = batch.gradient(columns)
-        if a > 0:
-            del grad["W2"]                                   # W2 is stepped once, with the first block
-        if not all(np.all(np.isfinite(g)) for g in grad.values()):
+    """One parameter update from a full batch: rmsprop_step(model, cache, batch.gradient()), the same
+    numbers bit for bit, done where it does something. In the column of a pixel that no frame of the
+    batch touched, W1's gradient is zero, so the step there only decays the cache (cache*decay + 0, the
+    weights + 0): all of the cache is decayed at once, then the touched pixels' columns take the rest
+    of the step, a block of UPDATE_BLOCK at a time (a block's gradient, cache and weights stay in the
+    CPU's cache through the formula's steps). A non-finite number stops training before it spreads
+    (the run then ends without saving)."""
+    lr, decay, pixels = hyper["lr"], hyper["decay_rate"], batch.pixels()
+    grad_W2 = batch.gradient(pixels[:0])["W2"]
+    if not finite(grad_W2):
+        raise FloatingPointError("the gradient is not finite")
+    rmsprop_step(model, cache, {"W2": grad_W2}, lr, decay, EPSILON)
+    if not finite(model["W2"], cache["W2"]):
+        raise FloatingPointError("the weights or the RMSProp cache are not finite")
+    cache["W1"] *= decay                                       # cache = decay * cache, in every column
+    for a in range(0, len(pixels), UPDATE_BLOCK):
+        columns = pixels[a:a + UPDATE_BLOCK]
+        grad = {"W1": batch.gradient(columns)["W1"]}
+        if not finite(grad["W1"]):
             raise FloatingPointError("the gradient is not finite")
-        model_block = {k: model[k][:, columns] if k == "W1" else model[k] for k in grad}
-        cache_block = {k: cache[k][:, columns] if k == "W1" else cache[k] for k in grad}
-        rmsprop_step(model_block, cache_block, grad, hyper["lr"], hyper["decay_rate"], EPSILON)
-        if not all(np.all(np.isfinite(x)) for x in [*model_block.values(), *cache_block.values()]):
+        W1, cache_W1 = {"W1": model["W1"][:, columns]}, {"W1": cache["W1"][:, columns]}   # (copies)
+        rmsprop_step(W1, cache_W1, grad, lr, decay, EPSILON, decayed=True)   # + (1-decay) g^2, and the step
+        if not finite(W1["W1"], cache_W1["W1"]):
             raise FloatingPointError("the weights or the RMSProp cache are not finite")
+        model["W1"][:, columns], cache["W1"][:, columns] = W1["W1"], cache_W1["W1"]
+
+
+def finite(*arrays):
+    return all(np.all(np.isfinite(a)) for a in arrays)
 
 
 # ---------------------------------------------------------------- 8. the training loop

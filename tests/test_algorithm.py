@@ -257,6 +257,34 @@ def test_game_step_plays_the_game_env_step_plays(max_frames):
     assert truncated if max_frames else terminated and t > 500
 
 
+def test_a_batch_after_reset_holds_only_its_own_episodes(episode):
+    """reset() zeroes only the rows of the pixels the last batch touched: a batch refilled after it
+    has the same gradient as a new one, and its pixels are the new episode's."""
+    frames, X, up, rewards = episode
+    (indptr, idx, vals) = frames
+    weights = random_weights(10)
+    first = Episode(indptr[:201], idx[:indptr[200]], vals[:indptr[200]], up[:200], rewards[:200])
+    second = Episode(indptr[200:] - indptr[200], idx[indptr[200]:], vals[indptr[200]:], up[200:], rewards[200:])
+    reused, new = BatchGradient(200), BatchGradient(200)
+    reused.add_episode(weights, first, 0.99)
+    reused.reset()
+    for batch in (reused, new):
+        batch.add_episode(weights, second, 0.99)
+    np.testing.assert_array_equal(reused.pixels(), np.unique(second.idx))
+    for k in ("W1", "W2"):
+        np.testing.assert_array_equal(reused.gradient()[k], new.gradient()[k])
+    assert set(np.unique(first.idx)) - set(np.unique(second.idx))     # the first touched other pixels
+
+
+def test_a_non_finite_gradient_stops_the_update(episode):
+    frames, X, up, rewards = episode
+    batch, model = BatchGradient(200), init_model(200, np.random.default_rng(11))
+    batch.add_episode(random_weights(11), Episode(*frames, up, rewards), 0.99)
+    batch.sums_W1T[batch.pixels()[-1], 3] = np.nan
+    with pytest.raises(FloatingPointError):
+        update(model, {k: np.zeros_like(v) for k, v in model.items()}, batch, {"lr": 1e-3, "decay_rate": 0.9})
+
+
 def test_an_unfinished_batch_saved_and_restored_gives_the_same_gradient(episode):
     """A checkpoint keeps the batch's sums in float32, for the pixels it touched: the gradient after a
     resume equals the uninterrupted one to float32 rounding."""

@@ -113,12 +113,13 @@ def test_non_finite_numbers_stop_training_and_keep_the_last_good_checkpoint(tmp_
     good = (tmp_path / "pong_pg.pkl").read_bytes()
     real_step = pong_pg.rmsprop_step
 
-    def poisoned_step(model, cache, grad, *args):
+    def poisoned_step(model, cache, grad, *args, **kwargs):      # the first RMSProp step of an update goes wrong
+        k = next(iter(grad))
         if poison == "gradient":
-            grad["W1"][0, 0] = np.inf
-        real_step(model, cache, grad, *args)
+            grad[k].flat[0] = np.inf
+        real_step(model, cache, grad, *args, **kwargs)
         if poison != "gradient":
-            {"model": model, "cache": cache}[poison]["W2"][3] = np.nan
+            {"model": model, "cache": cache}[poison][k].flat[3] = np.nan
     monkeypatch.setattr(pong_pg, "rmsprop_step", poisoned_step)
     with pytest.raises(SystemExit) as exit_:
         pong_pg.main(["--resume", "--episodes", "4", "--batch-size", "1", "--save-every", "1", "--workers", "1",
