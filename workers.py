@@ -62,12 +62,13 @@ def task_rng(seed, task):
 DIRECT_PIPES = os.name == "posix"    # a Connection's fileno() is a socket we may write and read ourselves
 
 
-def send_result(conn, result):
-    """Send result (what play_episode returned) with its arrays' data out of band: pickled without
-    the data, which follows as raw bytes written straight from the arrays (POSIX; elsewhere as framed
-    messages). Pickled whole, a megabyte of gradient sums is copied three more times on its way."""
+def send_arrays(conn, obj):
+    """Send obj (weights, or what play_episode returned) with its arrays' data out of band: pickled
+    without the data, which follows as raw bytes written straight from the arrays (POSIX; elsewhere
+    as framed messages). Pickled whole, 5 MB of weights or a megabyte of gradient sums would be
+    copied three more times on its way."""
     buffers = []
-    head = pickle.dumps(result, protocol=5, buffer_callback=buffers.append)
+    head = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     data = [buffer.raw() for buffer in buffers]                  # contiguous bytes: len() is the size
     conn.send((head, [len(d) for d in data]))
     for d in data:
@@ -78,8 +79,8 @@ def send_result(conn, result):
             conn.send_bytes(d)
 
 
-def receive_result(conn):
-    """What send_result sent, its arrays' data read straight into one new buffer (no copy between)."""
+def receive_arrays(conn):
+    """What send_arrays sent, its arrays' data read straight into one new buffer (no copy between)."""
     head, sizes = conn.recv()
     starts = np.cumsum([0] + [-(-n // 64) * 64 for n in sizes])   # each array's data 64-byte aligned
     raw = np.empty(starts[-1] + 64, np.uint8)
@@ -97,7 +98,7 @@ def receive_result(conn):
 
 def _worker(conn, play_episode, seed, worker_id, first_task, render):
     """Worker process: receive (task, greedy, whether new weights follow), then the new weights if
-    any (pickled once by the pool for all workers), play that episode, send its result back."""
+    any, play that episode, send its result back."""
     for signum in IGNORED_IN_WORKERS:               # inherited as ignored on POSIX; Windows needs it here
         signal.signal(signum, signal.SIG_IGN)
     env = make_env(render_mode="human" if render else None)
@@ -111,8 +112,8 @@ def _worker(conn, play_episode, seed, worker_id, first_task, render):
                 return
             task, greedy, new_weights = message
             if new_weights:
-                weights = pickle.loads(conn.recv_bytes())
-            send_result(conn, play_episode(env, weights, task_rng(seed, task), greedy=greedy))
+                weights = receive_arrays(conn)
+            send_arrays(conn, play_episode(env, weights, task_rng(seed, task), greedy=greedy))
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return                                       # the learner is gone: so are we
 
@@ -131,7 +132,6 @@ class WorkerPool:
         window (at the game's real speed)."""
         ctx = multiprocessing.get_context("spawn")
         self.conns, self.procs, self.busy, self.policies = [], [], set(), {}
-        self.pickled = (None, b"")                    # (version, its weights pickled): once per version
         # The workers must start with these signals ignored, which they inherit only from an ignoring
         # parent. So the learner ignores them while it spawns; it blocks them first where it can, so
         # that one arriving meanwhile waits and reaches the learner's handler after (not lost).
@@ -196,12 +196,10 @@ class WorkerPool:
         worker does not have that version yet."""
         fresh = self.policies.get(worker, (None,))[0] != policy[0]
         self.policies[worker] = policy
-        if fresh and self.pickled[0] != policy[0]:
-            self.pickled = (policy[0], pickle.dumps(policy[1], protocol=pickle.HIGHEST_PROTOCOL))
         try:
             self.conns[worker].send((task, greedy, fresh))
             if fresh:
-                self.conns[worker].send_bytes(self.pickled[1])
+                send_arrays(self.conns[worker], policy[1])
         except OSError:                              # its end of the pipe is closed: it died
             raise WorkerError(self._death(worker)) from None
         self.busy.add(worker)
@@ -214,7 +212,7 @@ class WorkerPool:
         for worker in sorted(self.busy):
             if self.conns[worker] in ready:
                 try:
-                    episode = receive_result(self.conns[worker])
+                    episode = receive_arrays(self.conns[worker])
                 except (EOFError, OSError):
                     break
                 self.busy.discard(worker)

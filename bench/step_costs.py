@@ -5,7 +5,7 @@
   2. real training runs with 2, 16 and 64 workers: the CPU time of the learner and of the workers per
      agent step, from /proc, and the memory of all the processes.
 
-    python bench/step_costs.py [--steps N] [--seconds S] [--workers 2,16,64]
+    python bench/step_costs.py [--steps N] [--seconds S] [--workers 2,16,64] [--init-from FILE] [--skip-loop]
 
 Machines are noisy: the pieces are differences of ~220 us per step; repeat and compare.
 """
@@ -79,15 +79,17 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
 
 
-def training_run(seconds, workers):
+def training_run(seconds, workers, init_from=None):
     """CPU microseconds per agent step of each process of `pong_pg.py --workers N` over `seconds` of
-    training from a fresh start, the steps, the wall time, and the peak memory of all its processes.
-    No checkpoint is written meanwhile: the first one draws the pictures (1.5 s of the learner's CPU,
-    most of it loading matplotlib), which would swamp a 40-second window whenever it fell inside it."""
+    training from a fresh start (or from the agent init_from: its games are longer), the steps, the
+    wall time, and the peak memory of all its processes. No checkpoint is written meanwhile: the first
+    one draws the pictures (1.5 s of the learner's CPU, most of it loading matplotlib), which would
+    swamp a 40-second window whenever it fell inside it."""
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "log.csv")
         proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "pong_pg.py"), "--quiet", "--workers",
-                                 str(workers), "--checkpoint-dir", tmp, "--save-every", "1000000"],
+                                 str(workers), "--checkpoint-dir", tmp, "--save-every", "1000000",
+                                 *(["--init-from", init_from] if init_from else [])],
                                 cwd=ROOT, stdout=subprocess.DEVNULL)
         while not (os.path.exists(log) and os.path.getsize(log) > 80):    # the first episode is in
             time.sleep(0.05)
@@ -115,6 +117,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=10_000, help="steps per piece (default: %(default)s)")
     ap.add_argument("--seconds", type=float, default=40, help="length of each training run (default: %(default)s)")
+    ap.add_argument("--init-from", metavar="FILE", help="train from this agent (e.g. checkpoints/pretrained.pkl): "
+                    "the costs late in training, where games last thousands of steps (default: a fresh start)")
+    ap.add_argument("--skip-loop", action="store_true", help="only the training runs (part 2)")
     ap.add_argument("--workers", type=lambda text: [int(n) for n in text.split(",")], default=[2, 16, 64],
                     help="worker counts of the training runs, comma-separated (default: 2,16,64)")
     args = ap.parse_args()
@@ -122,17 +127,19 @@ def main():
     env = make_env()
     env.reset(seed=0)
     weights = play_weights(init_model(200, np.random.default_rng(0)))
-    print("1. the worker's loop, one process, us per step:")
-    for pieces, name in enumerate(PIECES):
-        print(f"   {name:42s} {worker_loop(env, weights, args.steps, pieces):6.1f}", flush=True)
+    if not args.skip_loop:
+        print("1. the worker's loop, one process, us per step:")
+        for pieces, name in enumerate(PIECES):
+            print(f"   {name:42s} {worker_loop(env, weights, args.steps, pieces):6.1f}", flush=True)
     env.close()
 
     cores = len(os.sched_getaffinity(0))
-    print(f"\n2. pong_pg.py from a fresh start, {args.seconds:.0f} s each, on {cores} cores: CPU us per agent step")
+    start = f"--init-from {args.init_from}" if args.init_from else "a fresh start"
+    print(f"\n2. pong_pg.py from {start}, {args.seconds:.0f} s each, on {cores} cores: CPU us per agent step")
     print("| workers | steps/s | learner | each worker (mean) | all processes | cores x wall time | peak memory |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for workers in args.workers:
-        steps, wall, costs, peak = training_run(args.seconds, workers)
+        steps, wall, costs, peak = training_run(args.seconds, workers, args.init_from)
         print(f"| {workers} | {steps / wall:,.0f} | {costs[0]:.1f} | {np.mean(costs[1:]) * workers:.1f} | "
               f"{sum(costs):.1f} | {cores * 1e6 * wall / steps:.1f} | {peak / 2**20:,.0f} MB |", flush=True)
     print("(each worker: its CPU per step it played, the mean over the workers)")
