@@ -176,7 +176,7 @@ class WorkerPool:
         while waiting:
             if stopped():
                 return False
-            ready = wait([self.conns[w] for w in waiting] + [self.procs[w].sentinel for w in waiting], 0.05)
+            ready = set(wait([self.conns[w] for w in waiting] + [self.procs[w].sentinel for w in waiting], 0.05))
             for worker in sorted(waiting):
                 if self.conns[worker] in ready:
                     try:
@@ -207,8 +207,8 @@ class WorkerPool:
     def next_result(self, timeout):
         """(worker, what play_episode returned, the policy it was played with) for an episode that
         finished, or None after timeout seconds."""
-        ready = wait([self.conns[w] for w in self.busy] + [self.procs[w].sentinel for w in self.busy],
-                     timeout)
+        ready = set(wait([self.conns[w] for w in self.busy] + [self.procs[w].sentinel for w in self.busy],
+                         timeout))                   # a set: one lookup per worker, not a scan of 2N
         for worker in sorted(self.busy):
             if self.conns[worker] in ready:
                 try:
