@@ -36,11 +36,11 @@ def test_sigterm_saves_stops_workers_and_exits_143(tmp_path):
 
 
 def test_sigkill_at_random_moments_and_inside_saves_loses_nothing(tmp_path):
-    """22 SIGKILLs of the trainer: at random times, and right after a save has begun (its temporary
+    """12 SIGKILLs of the trainer: at random times, and right after a save has begun (its temporary
     file exists). After each, the checkpoint loads; at the end, --resume continues with a clean log."""
     rng = random.Random(0)
     inside_a_save = 0
-    for kill in range(22):
+    for kill in range(12):
         proc = start(*(["--resume"] if kill else []), "--batch-size", 1, "--save-every", 1,
                      "--workers", 2, "--quiet", "--checkpoint-dir", tmp_path)
         if kill % 2:                                   # wait for a save to begin, then kill it
