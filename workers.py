@@ -84,8 +84,8 @@ def receive_arrays(conn):
     head, sizes = conn.recv()
     starts = np.cumsum([0] + [-(-n // 64) * 64 for n in sizes])   # each array's data 64-byte aligned
     raw = np.empty(starts[-1] + 64, np.uint8)
-    inbox = memoryview(raw[-raw.ctypes.data % 64:])
-    views = [inbox[start:start + n] for start, n in zip(starts, sizes, strict=False)]
+    inbox = memoryview(raw[-raw.ctypes.data % 64:])               # from its first 64-byte aligned address
+    views = [inbox[start:start + n] for start, n in zip(starts[:-1], sizes, strict=True)]
     for view in views:
         got = 0
         while got < len(view):
