@@ -100,12 +100,15 @@ def plot():
     import matplotlib.pyplot as plt
 
     steps, means = stitched()
-    evals = read_rows(EVALS) if os.path.exists(EVALS) else []
+    evals = []
+    if os.path.exists(EVALS):
+        with open(EVALS, newline="") as f:
+            evals = list(csv.DictReader(f))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot([s / 1e6 for s in steps], means, lw=1, label="running mean score")
     for r in evals:
         ax.plot(int(r["agent_steps"]) / 1e6, float(r["sampled_mean"]), "o", color="C1")
-    ax.plot([], [], "o", color="C1", label="--eval 30, sampled policy")
+    ax.plot([], [], "o", color="C1", label="--eval 30 of the segment's last agent, sampled policy")
     bounds, total = [], 0
     for path in segment_logs()[:-1]:
         total += int(read_rows(path)[-1]["total_steps"])
@@ -114,7 +117,7 @@ def plot():
         ax.axvline(b, color="0.8", lw=0.8)
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xlabel("agent steps (millions); grey lines: a new segment (--init-from the last agent)")
-    ax.set_ylabel("score (21 − points lost)")
+    ax.set_ylabel("score (points won − points lost)")
     ax.set_title("A night of `python pong_pg.py`, default settings")
     ax.legend(loc="lower right")
     fig.tight_layout()
