@@ -24,6 +24,12 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from learning_curves import read_log
+
+from pong_pg import RUNNING_MEAN_DECAY
+
 NIGHT = os.path.join(ROOT, "bench", "night")
 AGENT = os.path.join(NIGHT, "agent.pkl")
 EVALS = os.path.join(NIGHT, "evals.csv")
@@ -39,24 +45,22 @@ def trainer(*args):
     return [sys.executable, os.path.join(ROOT, "pong_pg.py"), *map(str, args)]
 
 
-def read_rows(path):
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if r.get("total_steps")]
-
-
 def stitched():
-    """(agent steps, running mean) over every episode of every segment, in order; the running mean
-    is the trainer's (0.99 old + 0.01 score), carried on from one segment into the next."""
-    steps, means, offset, mean = [], [], 0, None
+    """(agent steps, running mean) over every episode of every segment, in order, and the agent steps
+    at which each later segment starts; the running mean is the trainer's, carried on from one
+    segment into the next."""
+    steps, means, starts, offset, mean = [], [], [], 0, None
     for path in segment_logs():
-        rows = read_rows(path)
+        if steps:
+            starts.append(offset)
+        rows = read_log(path)
         for r in rows:
             score = float(r["score"])
-            mean = score if mean is None else 0.99 * mean + 0.01 * score
+            mean = score if mean is None else RUNNING_MEAN_DECAY * mean + (1 - RUNNING_MEAN_DECAY) * score
             steps.append(offset + int(r["total_steps"]))
             means.append(mean)
         offset += int(rows[-1]["total_steps"]) if rows else 0
-    return steps, means
+    return steps, means, starts
 
 
 def run_segment(minutes, run_dir):
@@ -99,7 +103,7 @@ def plot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps, means = stitched()
+    steps, means, starts = stitched()
     evals = []
     if os.path.exists(EVALS):
         with open(EVALS, newline="") as f:
@@ -109,12 +113,8 @@ def plot():
     for r in evals:
         ax.plot(int(r["agent_steps"]) / 1e6, float(r["sampled_mean"]), "o", color="C1")
     ax.plot([], [], "o", color="C1", label="--eval 30 of the segment's last agent, sampled policy")
-    bounds, total = [], 0
-    for path in segment_logs()[:-1]:
-        total += int(read_rows(path)[-1]["total_steps"])
-        bounds.append(total / 1e6)
-    for b in bounds:
-        ax.axvline(b, color="0.8", lw=0.8)
+    for start in starts:
+        ax.axvline(start / 1e6, color="0.8", lw=0.8)
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xlabel("agent steps (millions); grey lines: a new segment (--init-from the last agent)")
     ax.set_ylabel("score (points won − points lost)")

@@ -124,14 +124,14 @@ def main():
                     help="worker counts of the training runs, comma-separated (default: 2,16,64)")
     args = ap.parse_args()
 
-    env = make_env()
-    env.reset(seed=0)
-    weights = play_weights(init_model(200, np.random.default_rng(0)))
     if not args.skip_loop:
+        env = make_env()
+        env.reset(seed=0)
+        weights = play_weights(init_model(200, np.random.default_rng(0)))
         print("1. the worker's loop, one process, us per step:")
         for pieces, name in enumerate(PIECES):
             print(f"   {name:42s} {worker_loop(env, weights, args.steps, pieces):6.1f}", flush=True)
-    env.close()
+        env.close()
 
     cores = len(os.sched_getaffinity(0))
     start = f"--init-from {args.init_from}" if args.init_from else "a fresh start"
