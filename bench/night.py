@@ -65,8 +65,10 @@ def stitched():
 
 def run_segment(minutes, run_dir):
     """Train one segment in run_dir (new: from the last segment's agent) for minutes, then finish it."""
-    start = ["--init-from", AGENT] if segment_logs() else []
-    proc = subprocess.Popen(trainer("--quiet", "--checkpoint-dir", run_dir, *start), cwd=ROOT)
+    done = len(segment_logs())
+    start = ["--init-from", AGENT] if done else []
+    # segment N+1 plays with seed N: its episodes' random numbers are not the first segment's again
+    proc = subprocess.Popen(trainer("--quiet", "--seed", done, "--checkpoint-dir", run_dir, *start), cwd=ROOT)
     try:
         proc.wait(timeout=60 * minutes)
     except subprocess.TimeoutExpired:
