@@ -29,8 +29,7 @@ import errno
 import functools
 import math
 import time
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -105,7 +104,7 @@ def network_view(weights, idx, vals):
 def play_weights(model):
     """The weights the workers play with, a copy the learner does not change: W1 transposed for
     policy_forward_sparse, and W2."""
-    return {"W1T": np.ascontiguousarray(model["W1"].T), "W2": model["W2"].copy()}
+    return {"W1T": np.array(model["W1"].T, order="C"), "W2": model["W2"].copy()}   # copies
 
 
 # ---------------------------------------------------------------- 3. playing an episode
@@ -432,14 +431,22 @@ def rmsprop_step(model, cache, grad, lr, decay, eps, decayed=False):
 UPDATE_BLOCK = 512    # pixels (columns of W1) per block of update()
 
 
+def pixel_major(W1):
+    """The same (hidden, 6400) matrix W1, stored pixel by pixel: the transposed view of a contiguous
+    (6400, hidden) array, in which each pixel's column of W1 is one contiguous row. That is how the
+    learner keeps W1 and its RMSProp cache: update() reads and writes whole columns, the touched
+    pixels', and the workers' W1T is a plain copy of it. W1 @ x and every formula read it as before."""
+    return np.ascontiguousarray(W1.T).T
+
+
 def update(model, cache, batch, hyper):
     """One parameter update from a full batch: rmsprop_step(model, cache, batch.gradient()), the same
     numbers bit for bit, done where it does something. In the column of a pixel that no frame of the
     batch touched, W1's gradient is zero, so the step there only decays the cache (cache*decay + 0, the
     weights + 0): all of the cache is decayed at once, then the touched pixels' columns take the rest
     of the step, a block of UPDATE_BLOCK at a time (a block's gradient, cache and weights stay in the
-    CPU's cache through the formula's steps). A non-finite number stops training before it spreads
-    (the run then ends without saving)."""
+    CPU's cache through the formula's steps; with W1 pixel_major() a column is a contiguous row). A
+    non-finite number stops training before it spreads (the run then ends without saving)."""
     lr, decay, pixels = hyper["lr"], hyper["decay_rate"], batch.pixels()
     grad_W2 = batch.gradient(pixels[:0])["W2"]
     if not finite(grad_W2):
@@ -447,17 +454,18 @@ def update(model, cache, batch, hyper):
     rmsprop_step(model, cache, {"W2": grad_W2}, lr, decay, EPSILON)
     if not finite(model["W2"], cache["W2"]):
         raise FloatingPointError("the weights or the RMSProp cache are not finite")
-    cache["W1"] *= decay                                       # cache = decay * cache, in every column
+    W1T, cache_W1T = model["W1"].T, cache["W1"].T              # views: row p is pixel p's column
+    cache_W1T *= decay                                         # cache = decay * cache, in every column
     for a in range(0, len(pixels), UPDATE_BLOCK):
-        columns = pixels[a:a + UPDATE_BLOCK]
-        grad = {"W1": batch.gradient(columns)["W1"]}
-        if not finite(grad["W1"]):
+        rows = pixels[a:a + UPDATE_BLOCK]
+        grad = {"W1T": batch.gradient(rows)["W1"].T}           # the block's columns of W1's gradient, as rows
+        if not finite(grad["W1T"]):
             raise FloatingPointError("the gradient is not finite")
-        W1, cache_W1 = {"W1": model["W1"][:, columns]}, {"W1": cache["W1"][:, columns]}   # (copies)
+        W1, cache_W1 = {"W1T": W1T[rows]}, {"W1T": cache_W1T[rows]}   # (copies)
         rmsprop_step(W1, cache_W1, grad, lr, decay, EPSILON, decayed=True)   # + (1-decay) g^2, and the step
-        if not finite(W1["W1"], cache_W1["W1"]):
+        if not finite(W1["W1T"], cache_W1["W1T"]):
             raise FloatingPointError("the weights or the RMSProp cache are not finite")
-        model["W1"][:, columns], cache["W1"][:, columns] = W1["W1"], cache_W1["W1"]
+        W1T[rows], cache_W1T[rows] = W1["W1T"], cache_W1["W1T"]
 
 
 def finite(*arrays):
@@ -466,10 +474,30 @@ def finite(*arrays):
 
 # ---------------------------------------------------------------- 8. the training loop
 
-class Policy(NamedTuple):
-    """Weights to play with (play_weights()), and the number of updates they have had."""
+PATCHES_KEPT = 16       # updates whose changed pixels are remembered, for patching older weights
+PATCH_AT_MOST = 0.75    # of W1's rows: a patch that would change more sends all the weights
+
+
+@dataclass
+class Policy:
+    """Weights to play with (play_weights()), the number of updates they have had, and which pixels'
+    columns of W1 each recent update changed ({version: bool mask of pixels}): the other columns kept
+    their weights, so a worker holding an older version needs only the changed rows of W1T."""
     version: int
     weights: dict
+    changed: dict
+    patches: dict = field(default_factory=dict)     # book-keeping: one patch per version held
+
+    def patch(self, held):
+        """What brings weights of version `held` to these: {"rows": pixels, "in_rows": {"W1T": those
+        rows}, "whole": {"W2": W2}}, or None where that is not known or not much smaller than all."""
+        if held not in self.patches:
+            versions = range(held + 1, self.version + 1)
+            known = len(versions) > 0 and all(v in self.changed for v in versions)
+            rows = np.logical_or.reduce([self.changed[v] for v in versions]).nonzero()[0] if known else None
+            self.patches[held] = None if rows is None or len(rows) > PATCH_AT_MOST * len(self.weights["W1T"]) \
+                else {"rows": rows, "in_rows": {"W1T": self.weights["W1T"][rows]}, "whole": {"W2": self.weights["W2"]}}
+        return self.patches[held]
 
 
 def train(args, state, paths):
@@ -477,12 +505,14 @@ def train(args, state, paths):
     (play_for_batch); the sums join the batch; every batch_size episodes, one RMSProp step. Returns
     why it ended: "done", a stop signal's name, or a WorkerError."""
     hyper, model, cache = state["hyper"], state["model"], state["cache"]
+    model["W1"], cache["W1"] = pixel_major(model["W1"]), pixel_major(cache["W1"])   # update() steps columns
     per_episode = hyper["standardize"] == "episode"
     if state["batch"] and bool(state["batch"].get("per_episode", False)) != per_episode:
         print("note: the unfinished batch's returns were standardized the other way: it is dropped")
         state["batch"] = None
     batch = BatchGradient.from_state(state["batch"], hyper["hidden"], per_episode)
-    policy = Policy(state["updates"], play_weights(model))
+    changed = {}                        # book-keeping: {version: the pixels its update changed}
+    policy = Policy(state["updates"], play_weights(model), changed)
     last_episode = state["episode"] + args.episodes if args.episodes else None
     clock = Clock(state["wall_seconds"])
     last_save, last_pictures = state["episode"], None
@@ -524,13 +554,15 @@ def train(args, state, paths):
                 if batch.episodes >= hyper["batch_size"]:
                     update(model, cache, batch, hyper)
                     state["updates"] += 1
+                    changed[state["updates"]] = batch.touched.copy()
+                    changed.pop(state["updates"] - PATCHES_KEPT, None)
                     print(f"update {state['updates']}: {batch.steps} steps in {batch.episodes} episodes, "
                           f"{window_steps / max(time.time() - window_start, 1e-9):,.0f} steps/s, running "
                           f"mean {state['running_mean']:+.2f}, weights up to {lag} update(s) old, "
                           f"total {state['total_steps']:,} steps, {clock}")
                     window_start, window_steps, lag = time.time(), 0, 0
                     batch.reset()
-                    policy = Policy(state["updates"], play_weights(model))
+                    policy = Policy(state["updates"], play_weights(model), changed)
                     if wanted(state, pool, last_episode):
                         hand_out(pool, worker, state, policy)   # with the new weights, before the save
 

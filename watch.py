@@ -9,6 +9,7 @@ import math
 import os
 import tempfile
 import time
+import types
 import zlib
 
 import numpy as np
@@ -348,7 +349,7 @@ def evaluate(play_episode, weights, n, seed, workers, stopped=never):
     Returns {"sampled": [Episode], "greedy": [Episode]}, or None if stopped() turned true first."""
     jobs = ["sampled"] * n + ["greedy"] * n
     results = {"sampled": [], "greedy": []}
-    policy = (0, weights)                           # (version, weights): sent to each worker once
+    policy = types.SimpleNamespace(version=0, weights=weights)   # sent to each worker once
     running, next_job = {}, 0
     with WorkerPool(min(workers, len(jobs)), play_episode, seed, EVAL_SEED_OFFSET) as pool:
         pool.wait_until_ready(stopped)

@@ -2,7 +2,7 @@
 
 The pool is told which function plays an episode (pong_pg.play_episode), so that this module needs
 nothing from the script that uses it. Each worker keeps the weights it was last sent; the learner
-sends new ones only after an update.
+sends new ones only after an update, and then, where it can, only what the update changed (a patch).
 """
 import multiprocessing
 import os
@@ -111,11 +111,22 @@ def _worker(conn, play_episode, seed, worker_id, first_task, render):
             if message is None:
                 return
             task, greedy, new_weights = message
-            if new_weights:
+            if new_weights == "all":
                 weights = receive_arrays(conn)
+            elif new_weights == "patch":
+                apply_patch(weights, receive_arrays(conn))
             send_arrays(conn, play_episode(env, weights, task_rng(seed, task), greedy=greedy))
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return                                       # the learner is gone: so are we
+
+
+def apply_patch(weights, patch):
+    """Bring weights up to date with a patch (the learner's Policy.patch): its arrays in "in_rows"
+    replace those rows of the weights of that name, the ones in "whole" replace them whole."""
+    for name, values in patch["in_rows"].items():
+        weights[name][patch["rows"]] = values
+    for name, value in patch["whole"].items():
+        weights[name] = value
 
 
 class WorkerError(RuntimeError):
@@ -192,14 +203,20 @@ class WorkerPool:
         return [w for w in range(len(self)) if w not in self.busy]
 
     def start(self, worker, task, policy, greedy=False):
-        """Worker plays task next with policy (.version, .weights): the weights are sent only if the
-        worker does not have that version yet."""
-        fresh = self.policies.get(worker, (None,))[0] != policy[0]
+        """Worker plays task next with policy (.version, .weights, and maybe .patch(version held)):
+        the weights are sent only if the worker does not have that version yet, and as a patch of
+        the version it has where policy.patch gives one."""
+        held = self.policies.get(worker)
         self.policies[worker] = policy
+        if held is not None and held.version == policy.version:
+            new, weights = None, None
+        else:
+            patch = policy.patch(held.version) if held is not None and hasattr(policy, "patch") else None
+            new, weights = ("all", policy.weights) if patch is None else ("patch", patch)
         try:
-            self.conns[worker].send((task, greedy, fresh))
-            if fresh:
-                send_arrays(self.conns[worker], policy[1])
+            self.conns[worker].send((task, greedy, new))
+            if new:
+                send_arrays(self.conns[worker], weights)
         except OSError:                              # its end of the pipe is closed: it died
             raise WorkerError(self._death(worker)) from None
         self.busy.add(worker)

@@ -15,6 +15,7 @@ from pong_pg import (
     batch_gradient_plain,
     discount_rewards,
     init_model,
+    pixel_major,
     play_episode,
     play_episode_plain,
     play_weights,
@@ -182,15 +183,18 @@ def test_rmsprop_step_matches_formula():
 
 
 @pytest.mark.parametrize("per_episode", [False, True])
-def test_update_in_blocks_is_one_rmsprop_step_on_the_whole_gradient(episode, per_episode):
+@pytest.mark.parametrize("layout", [np.copy, pixel_major])
+def test_update_in_blocks_is_one_rmsprop_step_on_the_whole_gradient(episode, per_episode, layout):
     """update() steps W1 a block of pixels at a time: the same numbers, bit for bit, as rmsprop_step
-    on the batch's whole gradient."""
+    on the batch's whole gradient; with W1 and its cache stored as the post has them or pixel by pixel
+    as the learner keeps them."""
     frames, X, up, rewards = episode
     weights, batch = random_weights(4), BatchGradient(200, per_episode)
     batch.add_episode(weights, Episode(*frames, up, rewards), 0.99)
     model = init_model(200, np.random.default_rng(8))
     cache = {k: np.random.default_rng(9).random(v.shape).astype(v.dtype) for k, v in model.items()}
-    blocked = ({k: v.copy() for k, v in model.items()}, {k: v.copy() for k, v in cache.items()})
+    blocked = ({k: layout(v) for k, v in model.items()}, {k: layout(v) for k, v in cache.items()})
+    assert blocked[0]["W1"].flags.f_contiguous == (layout is pixel_major)
     rmsprop_step(model, cache, batch.gradient(), 1e-3, 0.9, EPSILON)
     update(*blocked, batch, {"lr": 1e-3, "decay_rate": 0.9})
     for k in model:
@@ -274,6 +278,21 @@ def test_a_batch_after_reset_holds_only_its_own_episodes(episode):
     for k in ("W1", "W2"):
         np.testing.assert_array_equal(reused.gradient()[k], new.gradient()[k])
     assert set(np.unique(first.idx)) - set(np.unique(second.idx))     # the first touched other pixels
+
+
+def test_update_changes_w1_only_in_the_columns_of_the_batchs_touched_pixels(episode):
+    """The workers are sent only the rows of W1T whose pixels the batch touched (Policy.patch): every
+    other column of W1 must keep its weights exactly."""
+    frames, X, up, rewards = episode
+    batch = BatchGradient(200)
+    batch.add_episode(random_weights(4), Episode(*frames, up, rewards), 0.99)
+    model = {k: pixel_major(v) for k, v in init_model(200, np.random.default_rng(8)).items()}
+    cache = {k: np.full_like(v, 1e-3) for k, v in model.items()}
+    before = model["W1"].copy()
+    update(model, cache, batch, {"lr": 1e-3, "decay_rate": 0.9})
+    moved = (model["W1"] != before).any(axis=0)
+    assert moved.any() and not (moved & ~batch.touched).any()
+    np.testing.assert_array_equal(model["W1"][:, ~batch.touched], before[:, ~batch.touched])
 
 
 def test_a_non_finite_gradient_stops_the_update(episode):

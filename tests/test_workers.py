@@ -4,8 +4,8 @@ import threading
 
 import numpy as np
 
-from pong_pg import EpisodeSums
-from workers import receive_arrays, send_arrays
+from pong_pg import EpisodeSums, Policy
+from workers import WorkerPool, receive_arrays, send_arrays
 
 
 def test_arrays_sent_out_of_band_arrive_whole_aligned_and_equal():
@@ -29,3 +29,42 @@ def test_arrays_sent_out_of_band_arrive_whole_aligned_and_equal():
                 assert received.dtype == value.dtype and received.flags.aligned, name
     ours.close()
     theirs.close()
+
+
+def weights_played_with(env, weights, rng, greedy=False):
+    """A 'game' that sends back the weights the worker holds."""
+    return {name: np.array(value) for name, value in weights.items()}
+
+
+def test_workers_patched_after_updates_hold_the_learners_weights_exactly():
+    """Workers a few versions behind are sent only the rows the updates since changed (a patch), or
+    everything where a version's changes are not known: each then plays with exactly the weights of
+    the version it was handed."""
+    rng = np.random.default_rng(0)
+    W1T, W2 = rng.standard_normal((6400, 8)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    changed, versions = {}, {}
+    policy = Policy(0, {"W1T": W1T.copy(), "W2": W2.copy()}, changed)
+    versions[0], policies = policy.weights, [policy]
+    with WorkerPool(3, weights_played_with, 0, 0) as pool:
+        pool.wait_until_ready(lambda: False)
+        for step in range(12):
+            for worker in pool.idle()[: 1 + step % 3]:       # some workers wait: they fall behind
+                pool.start(worker, step, policy)
+            while pool.busy:
+                worker, weights, played = pool.next_result(timeout=30)
+                for name in weights:
+                    np.testing.assert_array_equal(weights[name], versions[played.version][name], err_msg=name)
+            # an update: a few rows of W1T and all of W2 change
+            rows = rng.choice(6400, 50, replace=False)
+            W1T[rows] += 1
+            W2 += 1
+            mask = np.zeros(6400, bool)
+            mask[rows] = True
+            if step != 5:                                    # version 6's changes are forgotten
+                changed[step + 1] = mask
+            policy = Policy(step + 1, {"W1T": W1T.copy(), "W2": W2.copy()}, changed)
+            versions[step + 1] = policy.weights
+            policies.append(policy)
+    sent = [(p.version, held, patch is not None) for p in policies for held, patch in p.patches.items()]
+    assert any(patched and version - held > 1 for version, held, patched in sent)      # patched, behind by 2+
+    assert any(not patched and held < 6 <= version for version, held, patched in sent)   # all sent
