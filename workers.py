@@ -127,7 +127,7 @@ def apply_patch(weights, patch):
     for name, values in patch["in_rows"].items():
         weights[name][patch["rows"]] = values
     for name, value in patch["whole"].items():
-        weights[name] = value
+        weights[name] = value.copy()             # a view would keep the patch's whole buffer alive
 
 
 class WorkerError(RuntimeError):
