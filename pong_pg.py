@@ -492,11 +492,12 @@ class Policy:
         """What brings weights of version `held` to these: {"rows": pixels, "in_rows": {"W1T": those
         rows}, "whole": {"W2": W2}}, or None where that is not known or not much smaller than all."""
         if held not in self.patches:
-            versions = range(held + 1, self.version + 1)
-            known = len(versions) > 0 and all(v in self.changed for v in versions)
-            rows = np.logical_or.reduce([self.changed[v] for v in versions]).nonzero()[0] if known else None
-            self.patches[held] = None if rows is None or len(rows) > PATCH_AT_MOST * len(self.weights["W1T"]) \
-                else {"rows": rows, "in_rows": {"W1T": self.weights["W1T"][rows]}, "whole": {"W2": self.weights["W2"]}}
+            versions, rows = range(held + 1, self.version + 1), None
+            if len(versions) and all(v in self.changed for v in versions):
+                rows = np.logical_or.reduce([self.changed[v] for v in versions]).nonzero()[0]
+            small = rows is not None and len(rows) <= PATCH_AT_MOST * len(self.weights["W1T"])
+            self.patches[held] = {"rows": rows, "in_rows": {"W1T": self.weights["W1T"][rows]},
+                                  "whole": {"W2": self.weights["W2"]}} if small else None
         return self.patches[held]
 
 
