@@ -44,15 +44,14 @@ def steps_to(rows, target):
 def table(found):
     lines = ["| workers | seed | cores | " + " | ".join(f"steps to {m:g}" for m in MILESTONES)
              + " | the run's end |", "|---:|---:|---:|" + "---:|" * (len(MILESTONES) + 1)]
-    reached, ends = defaultdict(list), defaultdict(list)
+    reached = defaultdict(list)      # (workers, milestone) -> steps to it, or -(the steps run) if not reached
     for workers, seed, cores, rows in found:
-        cells = []
+        cells, ran = [], int(rows[-1]["total_steps"])
         for m in MILESTONES:
             steps = steps_to(rows, m)
-            cells.append(f"{steps / 1e6:.2f}M" if steps else f"> {int(rows[-1]['total_steps']) / 1e6:.2f}M")
-            reached[workers, m].append(steps if steps else np.inf)
-        ends[workers].append(int(rows[-1]["total_steps"]))
-        end = f"{float(rows[-1]['running_mean']):+.1f} at {int(rows[-1]['total_steps']) / 1e6:.2f}M"
+            cells.append(f"{steps / 1e6:.2f}M" if steps else f"> {ran / 1e6:.2f}M")
+            reached[workers, m].append(steps if steps else -ran)
+        end = f"{float(rows[-1]['running_mean']):+.1f} at {ran / 1e6:.2f}M"
         lines.append(f"| {workers} | {seed} | {cores} | " + " | ".join(cells) + f" | {end} |")
     lines += ["", "| workers | runs | " + " | ".join(f"median steps to {m:g}" for m in MILESTONES) + " |",
               "|---:|---:|" + "---:|" * len(MILESTONES)]
@@ -60,7 +59,7 @@ def table(found):
         cells = []
         for m in MILESTONES:
             # a run that did not get there counts at the steps it ran: then the median is a lower bound
-            steps = [s if np.isfinite(s) else -end for s, end in zip(reached[workers, m], ends[workers], strict=True)]
+            steps = reached[workers, m]
             median = float(np.median(np.abs(steps)))
             bound = sorted(steps, key=abs)[(len(steps) - 1) // 2: len(steps) // 2 + 1]
             cells.append(f"{'> ' if min(bound) < 0 else ''}{median / 1e6:.2f}M")
