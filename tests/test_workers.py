@@ -1,4 +1,5 @@
-"""The pipe between the learner and its workers: arrays travel out of band, whole and unchanged."""
+"""The pipe between the learner and its workers: arrays travel out of band, whole and unchanged, and
+patched weights equal the learner's."""
 import multiprocessing
 import threading
 
@@ -42,9 +43,9 @@ def test_workers_patched_after_updates_hold_the_learners_weights_exactly():
     the version it was handed."""
     rng = np.random.default_rng(0)
     W1T, W2 = rng.standard_normal((6400, 8)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
-    changed, versions = {}, {}
+    changed = {}
     policy = Policy(0, {"W1T": W1T.copy(), "W2": W2.copy()}, changed)
-    versions[0], policies = policy.weights, [policy]
+    policies = [policy]                                      # policies[v]: version v
     with WorkerPool(3, weights_played_with, 0, 0) as pool:
         pool.wait_until_ready(lambda: False)
         for step in range(12):
@@ -53,7 +54,8 @@ def test_workers_patched_after_updates_hold_the_learners_weights_exactly():
             while pool.busy:
                 worker, weights, played = pool.next_result(timeout=30)
                 for name in weights:
-                    np.testing.assert_array_equal(weights[name], versions[played.version][name], err_msg=name)
+                    np.testing.assert_array_equal(weights[name], policies[played.version].weights[name],
+                                                  err_msg=name)
             # an update: a few rows of W1T and all of W2 change
             rows = rng.choice(6400, 50, replace=False)
             W1T[rows] += 1
@@ -63,7 +65,6 @@ def test_workers_patched_after_updates_hold_the_learners_weights_exactly():
             if step != 5:                                    # version 6's changes are forgotten
                 changed[step + 1] = mask
             policy = Policy(step + 1, {"W1T": W1T.copy(), "W2": W2.copy()}, changed)
-            versions[step + 1] = policy.weights
             policies.append(policy)
     sent = [(p.version, held, patch is not None) for p in policies for held, patch in p.patches.items()]
     assert any(patched and version - held > 1 for version, held, patched in sent)      # patched, behind by 2+
