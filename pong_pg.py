@@ -311,10 +311,11 @@ def episode_sums(weights, episode, gamma, per_episode=False):
     row = np.zeros(D, np.intp)
     row[pixels] = np.arange(len(pixels))                             # each touched pixel's row in the sums
     H = len(weights["W2"])
-    sums_W1T, sums_W2 = np.zeros((len(pixels), 2 * H)), np.zeros((2, H))
+    # the W1 sums in float32, the slices' products' type: adding them takes half the memory traffic
+    sums_W1T, sums_W2 = np.zeros((len(pixels), 2 * H), weights["W1T"].dtype), np.zeros((2, H))
     accumulate_sparse_gradients(weights["W1T"], weights["W2"], *episode.frames, episode.up,
                                 np.stack([R, np.ones_like(R)], axis=1), sums_W1T, sums_W2, row)
-    return EpisodeSums(pixels.astype(np.int16), sums_W1T.astype(np.float32), sums_W2, float(R.sum()),
+    return EpisodeSums(pixels.astype(np.int16), sums_W1T, sums_W2, float(R.sum()),
                        float((R * R).sum()), episode.steps, episode.score)
 
 
