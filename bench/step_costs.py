@@ -1,13 +1,13 @@
 """Where the time of one agent step goes, beside the emulator's own.
 
-  1. the worker's loop in one process, built up piece by piece (each line adds one piece to the one
-     above; the differences are the pieces' costs, cache misses included),
+  1. a worker's loop in one process, each piece of an agent step timed inside the loop (so with the
+     cache misses the emulator leaves it), and play_for_batch as a whole beside them,
   2. real training runs with 2, 16 and 64 workers: the CPU time of the learner and of the workers per
      agent step, from /proc, and the memory of all the processes.
 
     python bench/step_costs.py [--steps N] [--seconds S] [--workers 2,16,64] [--init-from FILE] [--skip-loop]
 
-Machines are noisy: the pieces are differences of ~220 us per step; repeat and compare.
+Machines are noisy: repeat and compare.
 """
 import argparse
 import os
@@ -23,54 +23,75 @@ sys.path.insert(0, ROOT)
 
 import numpy as np
 
-from pong_pg import DOWN, UP, init_model, play_episode, play_for_batch, play_weights, policy_forward_sparse
+from pong_pg import (
+    DICE_AT_ONCE,
+    DOWN,
+    UP,
+    compact_episode,
+    episode_sums,
+    init_model,
+    play_for_batch,
+    play_weights,
+    policy_forward_sparse,
+)
 from preprocess import COLORS, D, difference_values, learn_colors, screen_difference, screen_pixels
 from throughput import _tree_rss_bytes, children_by_parent
 from workers import game_step, make_env
 
-PIECES = ["the emulator (game_step, random UP/DOWN)", "+ read the palette screen", "+ downsample it to 80x80",
-          "+ the sparse difference frame", "+ the sparse forward pass", "+ keep the step", "play_episode itself",
-          "+ its gradient sums (play_for_batch)"]
+PIECES = ["the emulator (game_step: 4 frames)", "read the palette screen (and the dice)", "downsample it to 80x80",
+          "the sparse difference frame", "the sparse forward pass", "sample the action", "keep the step",
+          "the episode's gradient sums (at its end)"]
 
 
-def worker_loop(env, weights, steps, pieces):
-    """Microseconds per step of play with the first `pieces` pieces of play_episode's loop."""
-    if pieces >= len(PIECES) - 2:
-        rng, played, start = np.random.default_rng(0), 0, time.perf_counter()
-        while played < steps:
-            if pieces == len(PIECES) - 2:
-                played += play_episode(env, weights, rng).steps
-            else:
-                played += play_for_batch(env, weights, rng, gamma=0.99, per_episode=False).steps
-        return 1e6 * (time.perf_counter() - start) / played
-    rng, ale = np.random.default_rng(0), env.unwrapped.ale
+def worker_loop(env, weights, steps):
+    """Microseconds per agent step of each piece of a worker's work, timed inside one loop that does
+    what play_for_batch does: each piece is paid for with the cache misses the emulator leaves it,
+    and a machine that changes speed changes every piece alike. Then play_for_batch itself."""
+    rng, ale, clock = np.random.default_rng(0), env.unwrapped.ale, time.perf_counter
     screen, pixels, previous = np.empty((210, 160), np.uint8), np.empty(D, np.uint8), np.empty(D, np.uint8)
-    played, start = 0, time.perf_counter()
+    spent, played = [0.0] * len(PIECES), 0
     while played < steps:
         env.reset()
         step = game_step(env)
         ale.getScreen(screen)
         screen_pixels(screen, previous)
         learn_colors(COLORS, previous, screen, ale.getScreenRGB)
-        kept, done = [], False
+        idxs, turned_on, ups, rewards = [], [], [], []
+        done = False
         while not done:
-            p_up = 0.5
-            if pieces >= 1:
-                ale.getScreen(screen)
-            if pieces >= 2:
-                screen_pixels(screen, pixels)
-            if pieces >= 3:
-                idx, on = screen_difference(pixels, previous, COLORS, screen, ale.getScreenRGB)
-                pixels, previous = previous, pixels
-            if pieces >= 4:
-                p_up = policy_forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(on))
-            up = rng.random() < p_up
+            t0 = clock()
+            if len(ups) % DICE_AT_ONCE == 0:
+                dice = rng.random(DICE_AT_ONCE)
+            ale.getScreen(screen)
+            t1 = clock()
+            screen_pixels(screen, pixels)
+            t2 = clock()
+            idx, on = screen_difference(pixels, previous, COLORS, screen, ale.getScreenRGB)
+            pixels, previous = previous, pixels
+            t3 = clock()
+            p_up = policy_forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(on))
+            t4 = clock()
+            up = dice[len(ups) % DICE_AT_ONCE] < p_up
+            t5 = clock()
             reward, terminated, truncated = step(UP if up else DOWN)
-            if pieces >= 5:
-                kept.append((idx, on, up, reward))
-            played += 1
+            t6 = clock()
+            idxs.append(idx)
+            turned_on.append(on)
+            ups.append(up)
+            rewards.append(reward)
             done = terminated or truncated
-    return 1e6 * (time.perf_counter() - start) / played
+            t7 = clock()
+            for piece, seconds in enumerate((t6 - t5, t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t7 - t6)):
+                spent[piece] += seconds                                # (plain floats: no numpy between steps)
+        t0 = clock()
+        episode_sums(weights, compact_episode(idxs, turned_on, ups, rewards), 0.99)
+        spent[-1] += clock() - t0
+        played += len(ups)
+    pieces = 1e6 * np.array(spent) / played
+    rng, played, start = np.random.default_rng(0), 0, clock()
+    while played < steps:
+        played += play_for_batch(env, weights, rng, gamma=0.99, per_episode=False).steps
+    return pieces, 1e6 * (clock() - start) / played
 
 
 def cpu_seconds(pid):
@@ -128,9 +149,12 @@ def main():
         env = make_env()
         env.reset(seed=0)
         weights = play_weights(init_model(200, np.random.default_rng(0)))
-        print("1. the worker's loop, one process, us per step:")
-        for pieces, name in enumerate(PIECES):
-            print(f"   {name:42s} {worker_loop(env, weights, args.steps, pieces):6.1f}", flush=True)
+        print("1. a worker's loop, one process, us per agent step:")
+        pieces, whole = worker_loop(env, weights, args.steps)
+        for name, us in zip(PIECES, pieces, strict=True):
+            print(f"   {name:42s} {us:6.1f}")
+        print(f"   {'ours (all but the emulator)':42s} {pieces[1:].sum():6.1f}")
+        print(f"   {'play_for_batch as a whole, timed alone':42s} {whole:6.1f}", flush=True)
         env.close()
 
     cores = len(os.sched_getaffinity(0))
