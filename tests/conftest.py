@@ -118,6 +118,27 @@ def children_of(pid):
         return [int(p) for p in f.read().split()]
 
 
+def workers_of(pid):
+    """The worker processes of trainer pid: its children less multiprocessing's resource tracker."""
+    workers = []
+    for child in children_of(pid):
+        with open(f"/proc/{child}/cmdline", "rb") as f:
+            if b"resource_tracker" not in f.read():
+                workers.append(child)
+    return workers
+
+
+def all_gone_soon(pids, timeout=10):
+    """Whether every process in pids ends within timeout seconds. multiprocessing's resource tracker
+    ends only once it reads the end of its pipe, after the trainer itself has exited."""
+    deadline = time.time() + timeout
+    while not all(gone(pid) for pid in pids):
+        if time.time() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def gone(pid):
     """Whether process pid has ended (a zombie waiting for its parent counts as ended)."""
     try:

@@ -10,29 +10,21 @@ import pytest
 
 import checkpoint
 import pong_pg
-from conftest import children_of, copy_run, gone, log_rows, run, saved, start, wait_for_rows
-
-
-def workers_of(pid):
-    """The worker processes (multiprocessing may also start a resource tracker beside them)."""
-    workers = []
-    for child in children_of(pid):
-        with open(f"/proc/{child}/cmdline", "rb") as f:
-            if b"resource_tracker" not in f.read():
-                workers.append(child)
-    return workers
+from conftest import all_gone_soon, children_of, copy_run, gone, log_rows, run, saved, start, wait_for_rows, workers_of
 
 
 def test_sigterm_saves_stops_workers_and_exits_143(tmp_path):
     proc = start("--workers", 2, "--checkpoint-dir", tmp_path)
     wait_for_rows(tmp_path, 2)
-    workers = children_of(proc.pid)
+    children = children_of(proc.pid)
+    workers = workers_of(proc.pid)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM" in out
     assert saved(tmp_path)["episode"] == len(log_rows(tmp_path))
-    assert workers and all(gone(pid) for pid in workers)
+    assert len(workers) == 2 and all(gone(pid) for pid in workers)     # joined before the trainer exits
+    assert all_gone_soon(children)                                       # the resource tracker follows
 
 
 def test_sigkill_at_random_moments_and_inside_saves_loses_nothing(tmp_path):

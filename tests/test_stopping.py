@@ -9,7 +9,7 @@ import time
 import pytest
 
 import pong_pg
-from conftest import children_of, copy_run, gone, log_rows, run, saved, start, wait_for_rows
+from conftest import all_gone_soon, children_of, copy_run, gone, log_rows, run, saved, start, wait_for_rows, workers_of
 
 PROGRESS = ("A.L.E: Arcade Learning Environment", "[Powered by Stella]",      # each emulator's banner
             "training with", "episode ", "update ", "evaluating over", "eval ", "agent ", "recording:")
@@ -150,13 +150,15 @@ def test_a_closed_terminal_saves_and_stops_the_workers(tmp_path):
     """SIGHUP to the process group, as when the terminal or SSH connection closes."""
     proc = start_in_terminal("--workers", 2, "--checkpoint-dir", tmp_path)
     wait_for_rows(tmp_path, 2)
-    workers = children_of(proc.pid)
+    children = children_of(proc.pid)
+    workers = workers_of(proc.pid)
     os.killpg(proc.pid, signal.SIGHUP)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGHUP, err
     assert "stopped by SIGHUP" in out and "Traceback" not in err
     assert saved(tmp_path)["episode"] == len(log_rows(tmp_path))        # the log and checkpoint agree
-    assert workers and all(gone(pid) for pid in workers)
+    assert len(workers) == 2 and all(gone(pid) for pid in workers)     # joined before the trainer exits
+    assert all_gone_soon(children)                                       # the resource tracker follows
 
 
 def test_a_second_trainer_is_refused_while_the_first_trains_and_the_log_stays_whole(tmp_path):
