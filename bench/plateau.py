@@ -1,0 +1,138 @@
+"""Past the plateau: which settings take a trained agent further, from the same starting agent.
+
+After about an hour the running mean flattens near +9 to +12. What may change to go further, the
+algorithm staying as it is: the learning rate (a lower one from a trained agent is a step in a
+schedule over agent steps), RMSProp's decay, the discount. Each candidate below trains on from the same
+agent (default: the shipped one) for --steps agent steps, once per seed, with the same number of
+workers (the weights' staleness depends on it). Runs are kept in segments (bench/segments.py) in
+bench/plateau/NAME-sSEED/, so a run stopped by the end of a sitting goes on later on any machine; the
+last segment of a run ends with --eval 30 of its agent.
+
+    python bench/plateau.py run --minutes 120                 # train the least advanced runs, one at a time
+    python bench/plateau.py run --minutes 12 --parallel 8     # 8 runs at once, each on its own 2 cores (Linux)
+    python bench/plateau.py report                            # the table, and bench/plateau.png
+
+Minutes mean little here (runs share machines, and stop and go on): the study compares runs at equal
+agent steps.
+"""
+import argparse
+import os
+import threading
+import time
+
+from segments import ROOT, evals, evaluate_agent, segment_logs, steps_done, stitched, train_segment
+
+PLATEAU = os.path.join(ROOT, "bench", "plateau")
+START = os.path.join(ROOT, "checkpoints", "pretrained.pkl")
+CANDIDATES = {              # flags on top of the defaults: lr 1e-3, RMSProp decay 0.9, gamma 0.99
+    "defaults": [],
+    "decay-0.99": ["--decay-rate", "0.99"],                        # how the shipped agent was trained
+    "lr-3e-4": ["--decay-rate", "0.99", "--lr", "3e-4"],
+    "lr-1e-4": ["--decay-rate", "0.99", "--lr", "1e-4"],
+}
+SEEDS = (1, 2)
+MILESTONES = (1e6, 2.5e6, 5e6, 10e6, 20e6)
+LAST_EPISODES = 100         # the report's "last scores": the mean score of a run's last this many episodes
+
+
+def runs(names, seeds):
+    return [(name, seed, os.path.join(PLATEAU, f"{name}-s{seed}")) for name in names for seed in seeds]
+
+
+def train(names, seeds, steps, minutes, workers, parallel):
+    """Train the runs that have fewer than `steps` agent steps, the least advanced first, until
+    `minutes` are up; `parallel` at once, each pinned to its own `workers` cores."""
+    deadline = time.time() + 60 * minutes
+    lock, busy = threading.Lock(), set()
+    all_cores = sorted(os.sched_getaffinity(0)) if parallel > 1 else None
+
+    def next_run():
+        with lock:
+            waiting = [r for r in runs(names, seeds) if r[2] not in busy and steps_done(r[2]) < steps]
+            if not waiting:
+                return None
+            run = min(waiting, key=lambda r: steps_done(r[2]))
+            busy.add(run[2])
+            return run
+
+    def lane(k):
+        cores = all_cores[k * workers:(k + 1) * workers] if all_cores else None
+        while time.time() < deadline - 30 and (run := next_run()):
+            name, seed, keep = run
+            run_dir = os.path.join(ROOT, "runs", "plateau", f"{name}-s{seed}",
+                                   f"seg{len(segment_logs(keep)) + 1}")
+            print(f"{name} seed {seed}: {steps_done(keep):,} agent steps so far, training on in {run_dir}",
+                  flush=True)
+            train_segment(keep, run_dir, ["--seed", seed, "--workers", workers, *CANDIDATES[name]],
+                          first_from=START, minutes=(deadline - time.time()) / 60, until_steps=steps,
+                          evaluate=False, cores=cores)
+            if steps_done(keep) >= steps:
+                evaluate_agent(keep, len(segment_logs(keep)), cores=cores)
+            with lock:
+                busy.discard(keep)
+
+    if parallel > 1 and len(all_cores) < parallel * workers:
+        raise SystemExit(f"--parallel {parallel} runs of {workers} workers need {parallel * workers} cores; "
+                         f"this machine has {len(all_cores)}")
+    lanes = [threading.Thread(target=lane, args=(k,)) for k in range(parallel)]
+    for t in lanes:
+        t.start()
+    for t in lanes:
+        t.join()
+
+
+def report(names, seeds):
+    """Each run's running mean at the milestones, its last scores and its --eval 30, and the curves."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    head = " | ".join(f"at {m / 1e6:g}M" for m in MILESTONES)
+    print(f"| candidate | seed | agent steps | running mean {head} | last {LAST_EPISODES} scores | "
+          f"--eval 30 sampled (won) | greedy (won) |")
+    print("|---|---:|---:|" + "---:|" * len(MILESTONES) + "---:|---:|---:|")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, name in enumerate(names):
+        for j, (_, seed, keep) in enumerate(runs([name], seeds)):
+            steps, means, scores, _ = stitched(keep)
+            if not steps:
+                continue
+            at = [next((f"{m:+.1f}" for s, m in zip(steps, means, strict=True) if s >= mark), "")
+                  for mark in MILESTONES]
+            last = scores[-LAST_EPISODES:]
+            final = [r for r in evals(keep) if int(r["agent_steps"]) == steps[-1]]
+            sampled = f"{final[-1]['sampled_mean']} ({final[-1]['sampled_won']})" if final else ""
+            greedy = f"{final[-1]['greedy_mean']} ({final[-1]['greedy_won']})" if final else ""
+            print(f"| {name} | {seed} | {steps[-1] / 1e6:.1f}M | {' | '.join(at)} | "
+                  f"{sum(last) / len(last):+.1f} | {sampled} | {greedy} |")
+            ax.plot([s / 1e6 for s in steps], means, color=f"C{i}", lw=1, ls=("-", "--", ":")[j % 3],
+                    label=name if j == 0 else None)
+    ax.set_xlabel("agent steps from the starting agent (millions)")
+    ax.set_ylabel("running mean score")
+    ax.set_title("Training on from the shipped agent: one line a run, one colour a candidate")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(os.path.join(ROOT, "bench", "plateau.png"), dpi=100)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train the least advanced runs for a while")
+    run.add_argument("--minutes", type=float, required=True)
+    run.add_argument("--steps", type=float, default=5e6, help="agent steps a run trains (default: 5M)")
+    run.add_argument("--workers", type=int, default=2, help="workers of every run (default: 2)")
+    run.add_argument("--parallel", type=int, default=1, help="runs at once, each on its own cores (Linux)")
+    rep = sub.add_parser("report", help="the table and the picture")
+    for p in (run, rep):
+        p.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+        p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    args = ap.parse_args()
+    if args.command == "run":
+        train(args.candidates, args.seeds, args.steps, args.minutes, args.workers, args.parallel)
+    else:
+        report(args.candidates, args.seeds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""A training run kept in segments, for runs longer than a machine may stay up (bench/night.py,
+bench/plateau.py).
+
+What must survive a segment is small and kept in one directory (`keep`): each segment's log
+(segN.csv), the newest agent (agent.pkl, 5 MB) and its evaluations (evals.csv). The next segment, on
+any machine, starts from that agent with `--init-from` (a fresh RMSProp cache, which refills within a
+few updates); the big checkpoints stay in the segment's run directory under runs/, which may be lost.
+"""
+import csv
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from learning_curves import read_log
+
+from pong_pg import RUNNING_MEAN_DECAY
+
+EVAL_COLUMNS = ["segment", "agent_steps", "sampled_mean", "sampled_won", "greedy_mean", "greedy_won"]
+
+
+def trainer(*args):
+    return [sys.executable, os.path.join(ROOT, "pong_pg.py"), *map(str, args)]
+
+
+def segment_logs(keep):
+    paths = glob.glob(os.path.join(keep, "seg*.csv"))
+    return sorted(paths, key=lambda p: int(re.search(r"seg(\d+)\.csv$", p).group(1)))
+
+
+def stitched(keep):
+    """(agent steps, running mean, score) of every episode of every segment in keep, in order, and the
+    agent steps at which each later segment starts; the running mean is the trainer's, carried on from
+    one segment into the next."""
+    steps, means, scores, starts, offset, mean = [], [], [], [], 0, None
+    for path in segment_logs(keep):
+        if steps:
+            starts.append(offset)
+        rows = read_log(path)
+        for r in rows:
+            score = float(r["score"])
+            mean = score if mean is None else RUNNING_MEAN_DECAY * mean + (1 - RUNNING_MEAN_DECAY) * score
+            steps.append(offset + int(r["total_steps"]))
+            means.append(mean)
+            scores.append(score)
+        offset += int(rows[-1]["total_steps"]) if rows else 0
+    return steps, means, scores, starts
+
+
+def steps_done(keep):
+    steps = stitched(keep)[0]
+    return steps[-1] if steps else 0
+
+
+def pinned(cores):
+    """Popen's preexec_fn that keeps a process (and its workers) on these cores; None for any core."""
+    return (lambda: os.sched_setaffinity(0, cores)) if cores else None
+
+
+def train_segment(keep, run_dir, flags, first_from=None, minutes=None, until_steps=None, evaluate=True,
+                  cores=None):
+    """Train one more segment of the run kept in keep, in run_dir (new): from keep's agent, or for the
+    first segment from first_from (None: a fresh network), with the trainer's flags, for `minutes` or
+    until the run has `until_steps` agent steps in all, whichever comes first; then keep its log and
+    agent (finish). Segment N+1 plays with --seed N added to the seed in flags (0 if none): its
+    episodes' random numbers are not the first segment's again. cores: pin the trainer and its
+    evaluation to these cores (Linux), as if the machine had only them."""
+    done = len(segment_logs(keep))
+    start = ["--init-from", os.path.join(keep, "agent.pkl")] if done else (["--init-from", first_from]
+                                                                          if first_from else [])
+    flags = list(map(str, flags))
+    seed = int(flags[flags.index("--seed") + 1]) if "--seed" in flags else 0
+    if "--seed" in flags:
+        del flags[flags.index("--seed"):flags.index("--seed") + 2]
+    offset, log = steps_done(keep), os.path.join(run_dir, "log.csv")
+    proc = subprocess.Popen(trainer("--quiet", "--seed", seed + done, "--checkpoint-dir", run_dir, *start, *flags),
+                            cwd=ROOT, preexec_fn=pinned(cores))
+    deadline = time.time() + 60 * minutes if minutes else float("inf")
+    while proc.poll() is None:
+        rows = read_log(log) if until_steps else []
+        if time.time() > deadline or (rows and offset + int(rows[-1]["total_steps"]) >= until_steps):
+            proc.send_signal(signal.SIGINT)             # it saves its checkpoint, then exits
+            proc.wait()
+            break
+        time.sleep(2)
+    finish(keep, run_dir, evaluate, cores)
+
+
+def finish(keep, run_dir, evaluate=True, cores=None):
+    """Keep run_dir's log as the next segment's and its agent as agent.pkl; evaluate the agent."""
+    os.makedirs(keep, exist_ok=True)
+    segment = len(segment_logs(keep)) + 1
+    shutil.copyfile(os.path.join(run_dir, "log.csv"), os.path.join(keep, f"seg{segment}.csv"))
+    agent = os.path.join(keep, "agent.pkl")
+    subprocess.run(trainer("--checkpoint-dir", run_dir, "--export", agent), cwd=ROOT, check=True)   # atomic
+    if evaluate:
+        evaluate_agent(keep, segment, cores=cores)
+
+
+def evaluate_agent(keep, segment, games=30, cores=None):
+    """--eval games of keep's agent, a row of keep/evals.csv."""
+    out = subprocess.run(trainer("--checkpoint", os.path.join(keep, "agent.pkl"), "--eval", games), cwd=ROOT,
+                         check=True, capture_output=True, text=True, preexec_fn=pinned(cores)).stdout
+    pattern = r"(sampled|greedy) policy: mean score ([-+.\d]+) .*?won (\d+)/"
+    found = {mode: (mean, won) for mode, mean, won in re.findall(pattern, out)}
+    row = {"segment": segment, "agent_steps": steps_done(keep),
+           "sampled_mean": found["sampled"][0], "sampled_won": found["sampled"][1],
+           "greedy_mean": found["greedy"][0], "greedy_won": found["greedy"][1]}
+    path = os.path.join(keep, "evals.csv")
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, EVAL_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    print(out.strip().splitlines()[-2:], row, sep="\n")
+    return row
+
+
+def evals(keep):
+    path = os.path.join(keep, "evals.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
