@@ -128,15 +128,20 @@ def workers_of(pid):
     return workers
 
 
-def all_gone_soon(pids, timeout=10):
-    """Whether every process in pids ends within timeout seconds. multiprocessing's resource tracker
-    ends only once it reads the end of its pipe, after the trainer itself has exited."""
+def within(timeout, condition):
+    """Whether condition() becomes true within timeout seconds (checked every 20 ms)."""
     deadline = time.time() + timeout
-    while not all(gone(pid) for pid in pids):
+    while not condition():
         if time.time() > deadline:
             return False
         time.sleep(0.02)
     return True
+
+
+def all_gone_soon(pids, timeout=10):
+    """Whether every process in pids ends within timeout seconds. multiprocessing's resource tracker
+    ends only once it reads the end of its pipe, after the trainer itself has exited."""
+    return within(timeout, lambda: all(gone(pid) for pid in pids))
 
 
 def gone(pid):

@@ -9,7 +9,19 @@ import time
 import pytest
 
 import pong_pg
-from conftest import all_gone_soon, children_of, copy_run, gone, log_rows, run, saved, start, wait_for_rows, workers_of
+from conftest import (
+    all_gone_soon,
+    children_of,
+    copy_run,
+    gone,
+    log_rows,
+    run,
+    saved,
+    start,
+    wait_for_rows,
+    within,
+    workers_of,
+)
 
 PROGRESS = ("A.L.E: Arcade Learning Environment", "[Powered by Stella]",      # each emulator's banner
             "training with", "episode ", "update ", "evaluating over", "eval ", "agent ", "recording:")
@@ -53,12 +65,7 @@ def running_in_group(pgid):
 
 
 def group_is_gone(pgid, timeout=10):
-    deadline = time.time() + timeout
-    while running_in_group(pgid):
-        if time.time() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    return within(timeout, lambda: not running_in_group(pgid))
 
 
 def ctrl_c_after(delay, *args):
