@@ -48,10 +48,11 @@ def train(names, seeds, steps, minutes, workers, parallel):
 
     def next_run():
         with lock:
-            waiting = [r for r in runs(names, seeds) if r[2] not in busy and steps_done(r[2]) < steps]
+            done = {r: steps_done(r[2]) for r in runs(names, seeds) if r[2] not in busy}
+            waiting = [r for r in done if done[r] < steps]
             if not waiting:
                 return None
-            run = min(waiting, key=lambda r: steps_done(r[2]))
+            run = min(waiting, key=done.get)
             busy.add(run[2])
             return run
 
@@ -63,7 +64,7 @@ def train(names, seeds, steps, minutes, workers, parallel):
                                    f"seg{len(segment_logs(keep)) + 1}")
             print(f"{name} seed {seed}: {steps_done(keep):,} agent steps so far, training on in {run_dir}",
                   flush=True)
-            train_segment(keep, run_dir, ["--seed", seed, "--workers", workers, *CANDIDATES[name]],
+            train_segment(keep, run_dir, ["--workers", workers, *CANDIDATES[name]], seed=seed,
                           first_from=START, minutes=(deadline - time.time()) / 60, until_steps=steps,
                           evaluate=False, cores=cores)
             if steps_done(keep) >= steps:

@@ -64,21 +64,17 @@ def pinned(cores):
     return (lambda: os.sched_setaffinity(0, cores)) if cores else None
 
 
-def train_segment(keep, run_dir, flags, first_from=None, minutes=None, until_steps=None, evaluate=True,
+def train_segment(keep, run_dir, flags, seed=0, first_from=None, minutes=None, until_steps=None, evaluate=True,
                   cores=None):
     """Train one more segment of the run kept in keep, in run_dir (new): from keep's agent, or for the
     first segment from first_from (None: a fresh network), with the trainer's flags, for `minutes` or
     until the run has `until_steps` agent steps in all, whichever comes first; then keep its log and
-    agent (finish). Segment N+1 plays with --seed N added to the seed in flags (0 if none): its
-    episodes' random numbers are not the first segment's again. cores: pin the trainer and its
+    agent (finish). Segment N+1 plays with --seed seed + N: its episodes' random numbers are not the
+    first segment's again. cores: pin the trainer and its
     evaluation to these cores (Linux), as if the machine had only them."""
     done = len(segment_logs(keep))
     start = ["--init-from", os.path.join(keep, "agent.pkl")] if done else (["--init-from", first_from]
                                                                           if first_from else [])
-    flags = list(map(str, flags))
-    seed = int(flags[flags.index("--seed") + 1]) if "--seed" in flags else 0
-    if "--seed" in flags:
-        del flags[flags.index("--seed"):flags.index("--seed") + 2]
     offset, log = steps_done(keep), os.path.join(run_dir, "log.csv")
     proc = subprocess.Popen(trainer("--quiet", "--seed", seed + done, "--checkpoint-dir", run_dir, *start, *flags),
                             cwd=ROOT, preexec_fn=pinned(cores))
