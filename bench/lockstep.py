@@ -7,7 +7,9 @@ screens read into one array, one colour lookup and one comparison for all of the
 product for the K forward passes. This measures, in one process, the microseconds per agent step
 spent outside the emulator:
 
-  - play_episode as the workers run it (one game), its emulator calls timed apart;
+  - play_episode as the workers run it (one game), its emulator calls timed apart; its figure also
+    holds each game's start and end (env.reset, compact_episode), which the lockstep loop leaves out,
+    so the comparison leans towards lockstep;
   - K games in lockstep, for each K of --games (the same work, batched; it keeps each game's steps as
     play_episode does, and skips what both would do the same way: the episode's gradient sums).
 
