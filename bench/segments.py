@@ -70,8 +70,8 @@ def train_segment(keep, run_dir, flags, seed=0, first_from=None, minutes=None, u
     first segment from first_from (None: a fresh network), with the trainer's flags, for `minutes` or
     until the run has `until_steps` agent steps in all, whichever comes first; then keep its log and
     agent (finish). Segment N+1 plays with --seed seed + N: its episodes' random numbers are not the
-    first segment's again. cores: pin the trainer and its
-    evaluation to these cores (Linux), as if the machine had only them."""
+    first segment's again. cores: pin the trainer and its evaluation to these cores (Linux), as if
+    the machine had only them."""
     done = len(segment_logs(keep))
     start = ["--init-from", os.path.join(keep, "agent.pkl")] if done else (["--init-from", first_from]
                                                                           if first_from else [])
