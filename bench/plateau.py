@@ -31,7 +31,7 @@ CANDIDATES = {              # flags on top of the defaults: lr 1e-3, RMSProp dec
     "lr-1e-4": ["--decay-rate", "0.99", "--lr", "1e-4"],
 }
 SEEDS = (1, 2)
-MILESTONES = (1e6, 2.5e6, 5e6, 10e6, 20e6)
+MILESTONES = (1e6, 2e6, 5e6, 10e6, 20e6)
 LAST_EPISODES = 100         # the report's "last scores": the mean score of a run's last this many episodes
 
 
@@ -82,34 +82,45 @@ def train(names, seeds, steps, minutes, workers, parallel):
         t.join()
 
 
+def window_mean(steps, scores, mark):
+    """The mean score of the LAST_EPISODES episodes that end at or before `mark` agent steps, as text
+    ('' before the run gets there). Not the running mean: that starts at the first episode's score,
+    which from a trained agent is one game's luck, and forgets it only slowly."""
+    if steps[-1] < mark:
+        return ""
+    upto = [score for s, score in zip(steps, scores, strict=True) if s <= mark][-LAST_EPISODES:]
+    return f"{sum(upto) / len(upto):+.1f}"
+
+
 def report(names, seeds):
-    """Each run's running mean at the milestones, its last scores and its --eval 30, and the curves."""
+    """Each run's mean score at the milestones, its last scores and its --eval 30, and the curves."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    head = " | ".join(f"at {m / 1e6:g}M" for m in MILESTONES)
-    print(f"| candidate | seed | agent steps | running mean {head} | last {LAST_EPISODES} scores | "
-          f"--eval 30 sampled (won) | greedy (won) |")
+    head = " | ".join(f"{m / 1e6:g}M" for m in MILESTONES)
+    print(f"| candidate | seed | agent steps | mean of {LAST_EPISODES} scores up to {head} | "
+          f"last {LAST_EPISODES} scores | --eval 30 sampled (won) | greedy (won) |")
     print("|---|---:|---:|" + "---:|" * len(MILESTONES) + "---:|---:|---:|")
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, name in enumerate(names):
         for j, (_, seed, keep) in enumerate(runs([name], seeds)):
-            steps, means, scores, _ = stitched(keep)
+            steps, _, scores, _ = stitched(keep)
             if not steps:
                 continue
-            at = [next((f"{m:+.1f}" for s, m in zip(steps, means, strict=True) if s >= mark), "")
-                  for mark in MILESTONES]
+            at = [window_mean(steps, scores, mark) for mark in MILESTONES]
             last = scores[-LAST_EPISODES:]
             final = [r for r in evals(keep) if int(r["agent_steps"]) == steps[-1]]
             sampled = f"{final[-1]['sampled_mean']} ({final[-1]['sampled_won']})" if final else ""
             greedy = f"{final[-1]['greedy_mean']} ({final[-1]['greedy_won']})" if final else ""
             print(f"| {name} | {seed} | {steps[-1] / 1e6:.1f}M | {' | '.join(at)} | "
                   f"{sum(last) / len(last):+.1f} | {sampled} | {greedy} |")
-            ax.plot([s / 1e6 for s in steps], means, color=f"C{i}", lw=1, ls=("-", "--", ":")[j % 3],
+            window = [sum(scores[max(0, k - LAST_EPISODES + 1):k + 1]) / min(k + 1, LAST_EPISODES)
+                      for k in range(len(scores))]
+            ax.plot([s / 1e6 for s in steps], window, color=f"C{i}", lw=1, ls=("-", "--", ":")[j % 3],
                     label=name if j == 0 else None)
     ax.set_xlabel("agent steps from the starting agent (millions)")
-    ax.set_ylabel("running mean score")
+    ax.set_ylabel(f"mean score of the last {LAST_EPISODES} episodes")
     ax.set_title("Training on from the shipped agent: one line a run, one colour a candidate")
     ax.legend(loc="lower right")
     fig.tight_layout()
