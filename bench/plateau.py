@@ -12,6 +12,10 @@ last segment of a run ends with --eval 30 of its agent.
     python bench/plateau.py run --minutes 12 --parallel 8     # 8 runs at once, each on its own 2 cores (Linux)
     python bench/plateau.py report                            # the table, and bench/plateau.png
 
+The study goes in stages: all candidates to --steps 2e6, then only the best on to 5e6 (--candidates
+...); in the repository a dropped run keeps its log and evaluations but not its agent, and is
+skipped.
+
 Minutes mean little here (runs share machines, and stop and go on): the study compares runs at equal
 agent steps.
 """
@@ -24,6 +28,7 @@ from segments import ROOT, evals, evaluate_agent, segment_logs, steps_done, stit
 
 PLATEAU = os.path.join(ROOT, "bench", "plateau")
 START = os.path.join(ROOT, "checkpoints", "pretrained.pkl")
+START_SCORE = 11.71         # the starting agent's mean score: --eval 100, sampled policy (± 0.85, 95% CI)
 CANDIDATES = {              # flags on top of the defaults: lr 1e-3, RMSProp decay 0.9, gamma 0.99
     "defaults": [],
     "decay-0.99": ["--decay-rate", "0.99"],                        # how the shipped agent was trained
@@ -43,12 +48,16 @@ def train(names, seeds, steps, minutes, workers, parallel):
     """Train the runs that have fewer than `steps` agent steps, the least advanced first, until
     `minutes` are up; `parallel` at once, each pinned to its own `workers` cores."""
     deadline = time.time() + 60 * minutes
+    dropped = [r for r in runs(names, seeds)
+               if segment_logs(r[2]) and not os.path.exists(os.path.join(r[2], "agent.pkl"))]
+    for name, seed, _ in dropped:
+        print(f"{name} seed {seed}: skipped, its agent is not kept (a run dropped at an earlier stage)")
     lock, busy = threading.Lock(), set()
     all_cores = sorted(os.sched_getaffinity(0)) if parallel > 1 else None
 
     def next_run():
         with lock:
-            done = {r: steps_done(r[2]) for r in runs(names, seeds) if r[2] not in busy}
+            done = {r: steps_done(r[2]) for r in runs(names, seeds) if r[2] not in busy and r not in dropped}
             waiting = [r for r in done if done[r] < steps]
             if not waiting:
                 return None
@@ -115,14 +124,15 @@ def report(names, seeds):
             greedy = f"{final[-1]['greedy_mean']} ({final[-1]['greedy_won']})" if final else ""
             print(f"| {name} | {seed} | {steps[-1] / 1e6:.1f}M | {' | '.join(at)} | "
                   f"{sum(last) / len(last):+.1f} | {sampled} | {greedy} |")
-            window = [sum(scores[max(0, k - LAST_EPISODES + 1):k + 1]) / min(k + 1, LAST_EPISODES)
-                      for k in range(len(scores))]
-            ax.plot([s / 1e6 for s in steps], window, color=f"C{i}", lw=1, ls=("-", "--", ":")[j % 3],
+            full = range(LAST_EPISODES - 1, len(scores))          # from the first full window on
+            window = [sum(scores[k - LAST_EPISODES + 1:k + 1]) / LAST_EPISODES for k in full]
+            ax.plot([steps[k] / 1e6 for k in full], window, color=f"C{i}", lw=1, ls=("-", "--", ":")[j % 3],
                     label=name if j == 0 else None)
+    ax.axhline(START_SCORE, color="grey", lw=1, ls="--", label="the starting agent")
     ax.set_xlabel("agent steps from the starting agent (millions)")
     ax.set_ylabel(f"mean score of the last {LAST_EPISODES} episodes")
     ax.set_title("Training on from the shipped agent: one line a run, one colour a candidate")
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(os.path.join(ROOT, "bench", "plateau.png"), dpi=100)
 
