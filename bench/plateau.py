@@ -20,6 +20,7 @@ Minutes mean little here (runs share machines, and stop and go on): the study co
 agent steps.
 """
 import argparse
+import bisect
 import os
 import threading
 import time
@@ -91,14 +92,20 @@ def train(names, seeds, steps, minutes, workers, parallel):
         t.join()
 
 
-def window_mean(steps, scores, mark):
-    """The mean score of the LAST_EPISODES episodes that end at or before `mark` agent steps, as text
-    ('' before the run gets there). Not the running mean: that starts at the first episode's score,
+def trailing_mean(scores, k):
+    """The mean score of episode k and the LAST_EPISODES - 1 before it (fewer at a run's start). The
+    study compares runs by it, not by the running mean: that starts at the first episode's score,
     which from a trained agent is one game's luck, and forgets it only slowly."""
+    window = scores[max(0, k - LAST_EPISODES + 1):k + 1]
+    return sum(window) / len(window)
+
+
+def mean_at(steps, scores, mark):
+    """trailing_mean of the last episode that ends at or before `mark` agent steps, as text ('' before
+    the run gets there)."""
     if steps[-1] < mark:
         return ""
-    upto = [score for s, score in zip(steps, scores, strict=True) if s <= mark][-LAST_EPISODES:]
-    return f"{sum(upto) / len(upto):+.1f}"
+    return f"{trailing_mean(scores, bisect.bisect_right(steps, mark) - 1):+.1f}"
 
 
 def report(names, seeds):
@@ -117,17 +124,15 @@ def report(names, seeds):
             steps, _, scores, _ = stitched(keep)
             if not steps:
                 continue
-            at = [window_mean(steps, scores, mark) for mark in MILESTONES]
-            last = scores[-LAST_EPISODES:]
+            at = [mean_at(steps, scores, mark) for mark in MILESTONES]
             final = [r for r in evals(keep) if int(r["agent_steps"]) == steps[-1]]
             sampled = f"{final[-1]['sampled_mean']} ({final[-1]['sampled_won']})" if final else ""
             greedy = f"{final[-1]['greedy_mean']} ({final[-1]['greedy_won']})" if final else ""
             print(f"| {name} | {seed} | {steps[-1] / 1e6:.1f}M | {' | '.join(at)} | "
-                  f"{sum(last) / len(last):+.1f} | {sampled} | {greedy} |")
+                  f"{trailing_mean(scores, len(scores) - 1):+.1f} | {sampled} | {greedy} |")
             full = range(LAST_EPISODES - 1, len(scores))          # from the first full window on
-            window = [sum(scores[k - LAST_EPISODES + 1:k + 1]) / LAST_EPISODES for k in full]
-            ax.plot([steps[k] / 1e6 for k in full], window, color=f"C{i}", lw=1, ls=("-", "--", ":")[j % 3],
-                    label=name if j == 0 else None)
+            ax.plot([steps[k] / 1e6 for k in full], [trailing_mean(scores, k) for k in full], color=f"C{i}",
+                    lw=1, ls=("-", "--", ":")[j % 3], label=name if j == 0 else None)
     ax.axhline(START_SCORE, color="grey", lw=1, ls="--", label="the starting agent")
     ax.set_xlabel("agent steps from the starting agent (millions)")
     ax.set_ylabel(f"mean score of the last {LAST_EPISODES} episodes")
