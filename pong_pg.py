@@ -429,6 +429,19 @@ def rmsprop_step(model, cache, grad, lr, decay, eps, decayed=False):
         model[k] += step
 
 
+def learning_rate(state):
+    """This update's learning rate: lr; but in the t-th update after an RMSProp cache started at zero
+    under trained weights (--init-from an agent file), lr * sqrt(1 - decay^t). Such a cache holds only
+    (1 - decay^t) of the mean g^2 it tracks, so its steps would be 1/sqrt(1 - decay^t) times too large,
+    10x at first with decay 0.99, and jolt the trained agent; the factor cancels that (as Adam's bias
+    correction does). A run from random weights takes the 2016 script's plain steps."""
+    hyper, start = state["hyper"], state.get("warmup_from")
+    if start is None:
+        return hyper["lr"]
+    t = state["updates"] - start + 1
+    return hyper["lr"] * math.sqrt(1 - hyper["decay_rate"] ** t)
+
+
 UPDATE_BLOCK = 512    # pixels (columns of W1) per block of update()
 
 
@@ -554,7 +567,7 @@ def train(args, state, paths):
 
                 # -- update: every batch_size episodes (>=: --batch-size may shrink on resume)
                 if batch.episodes >= hyper["batch_size"]:
-                    update(model, cache, batch, hyper)
+                    update(model, cache, batch, dict(hyper, lr=learning_rate(state)))
                     state["updates"] += 1
                     changed[state["updates"]] = batch.touched.copy()
                     changed.pop(state["updates"] - PATCHES_KEPT, None)
@@ -725,6 +738,7 @@ def new_state(hyper, seed):
             "cache": {k: np.zeros_like(v) for k, v in model.items()},   # RMSProp's running mean of g^2
             "episode": 0, "total_steps": 0, "updates": 0, "next_task": 0,
             "running_mean": None, "wall_seconds": 0.0, "batch": None,
+            "warmup_from": None,    # the update from which the learning rate warms up (learning_rate), if any
             "log_pending": []}      # log rows the disk did not take yet (written with the next row that fits)
 
 
@@ -754,6 +768,9 @@ def load_state(path):
         for k in HYPER_FLAGS:
             state["hyper"][k]
         state.setdefault("log_pending", [])
+        start = state.setdefault("warmup_from", None)
+        if start is not None and not (isinstance(start, int) and 0 <= start <= state["updates"]):
+            raise CheckpointError(f"checkpoint {path} is damaged: bad warmup_from")
         if not all(isinstance(row, str) for row in state["log_pending"]):
             raise CheckpointError(f"checkpoint {path} is damaged: bad log rows")
     except (KeyError, TypeError, AttributeError):
@@ -1042,9 +1059,13 @@ def prepare_run(args, paths, agent=None):
         state["model"] = {k: np.array(v, np.float32) for k, v in agent["model"].items()}
         if "cache" in agent:                          # a training checkpoint: its RMSProp cache goes on too
             state["cache"] = {k: np.array(v, np.float32) for k, v in agent["cache"].items()}
+        else:                                         # an empty cache under trained weights: warm up
+            state["warmup_from"] = 0
         state["init_from"] = args.init_from
         print(f"starting from the weights in {args.init_from} (trained for {agent.get('episode', '?')} "
               f"episodes){', with its RMSProp cache' if 'cache' in agent else ''}")
+        if "cache" not in agent:
+            print("its RMSProp cache starts empty: the learning rate warms up, lr*sqrt(1 - decay^t) in update t")
     try:
         checkpoint.save(paths["checkpoint"], state)   # from now on, --resume always has a start
     except OSError as e:

@@ -2,9 +2,10 @@
 
 A night (80M agent steps: about 7 hours on a slow 2-core machine) is longer than a machine may stay
 up. So the run goes in segments: the first is a plain `python pong_pg.py`; each later one starts
-from the agent the one before left, with `--init-from` (a fresh RMSProp cache, which refills within a
-few updates). What must survive a segment is small and kept in bench/night/: each segment's log
-(segN.csv), the newest agent (agent.pkl, 5 MB) and the evaluations (evals.csv).
+from the agent the one before left, with `--init-from` (a fresh RMSProp cache, under which the
+learning rate warms up; the night's 8 segments were trained without that warm-up). What must
+survive a segment is small and kept in bench/night/: each segment's log (segN.csv), the newest agent
+(agent.pkl, 5 MB) and the evaluations (evals.csv).
 
     python bench/night.py run --minutes 90     # one more segment: train, stop, keep its log and agent, evaluate
     python bench/night.py finish DIR           # the same for a segment trained by hand in DIR (stopped first)

@@ -35,7 +35,8 @@ CANDIDATES = {              # flags on top of the defaults: lr 1e-3, RMSProp dec
     "decay-0.99": ["--decay-rate", "0.99"],                        # how the shipped agent was trained
     "lr-3e-4": ["--decay-rate", "0.99", "--lr", "3e-4"],
     "lr-1e-4": ["--decay-rate", "0.99", "--lr", "1e-4"],
-}
+    "decay-0.99-warmup": ["--decay-rate", "0.99"],     # decay-0.99 with the learning rate's warm-up after
+}                                                      # --init-from (pong_pg.learning_rate): its runs predate it
 SEEDS = (1, 2)
 MILESTONES = (1e6, 2e6, 5e6, 10e6, 20e6)
 LAST_EPISODES = 100         # the report's "last scores": the mean score of a run's last this many episodes
@@ -115,9 +116,9 @@ def report(names, seeds):
     import matplotlib.pyplot as plt
 
     head = " | ".join(f"{m / 1e6:g}M" for m in MILESTONES)
-    print(f"| candidate | seed | agent steps | mean of {LAST_EPISODES} scores up to {head} | "
-          f"last {LAST_EPISODES} scores | --eval 30 sampled (won) | greedy (won) |")
-    print("|---|---:|---:|" + "---:|" * len(MILESTONES) + "---:|---:|---:|")
+    print(f"| candidate | seed | agent steps | first {LAST_EPISODES} scores | mean of {LAST_EPISODES} scores up "
+          f"to {head} | last {LAST_EPISODES} scores | --eval 30 sampled (won) | greedy (won) |")
+    print("|---|---:|---:|---:|" + "---:|" * len(MILESTONES) + "---:|---:|---:|")
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, name in enumerate(names):
         for j, (_, seed, keep) in enumerate(runs([name], seeds)):
@@ -128,7 +129,9 @@ def report(names, seeds):
             final = [r for r in evals(keep) if int(r["agent_steps"]) == steps[-1]]
             sampled = f"{final[-1]['sampled_mean']} ({final[-1]['sampled_won']})" if final else ""
             greedy = f"{final[-1]['greedy_mean']} ({final[-1]['greedy_won']})" if final else ""
-            print(f"| {name} | {seed} | {steps[-1] / 1e6:.1f}M | {' | '.join(at)} | "
+            first = trailing_mean(scores, LAST_EPISODES - 1) if len(scores) >= LAST_EPISODES else None
+            print(f"| {name} | {seed} | {steps[-1] / 1e6:.1f}M | {'' if first is None else f'{first:+.1f}'} | "
+                  f"{' | '.join(at)} | "
                   f"{trailing_mean(scores, len(scores) - 1):+.1f} | {sampled} | {greedy} |")
             full = range(LAST_EPISODES - 1, len(scores))          # from the first full window on
             ax.plot([steps[k] / 1e6 for k in full], [trailing_mean(scores, k) for k in full], color=f"C{i}",

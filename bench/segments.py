@@ -3,8 +3,9 @@ bench/plateau.py).
 
 What must survive a segment is small and kept in one directory (`keep`): each segment's log
 (segN.csv), the newest agent (agent.pkl, 5 MB) and its evaluations (evals.csv). The next segment, on
-any machine, starts from that agent with `--init-from` (a fresh RMSProp cache, which refills within a
-few updates); the big checkpoints stay in the segment's run directory under runs/, which may be lost.
+any machine, starts from that agent with `--init-from` (a fresh RMSProp cache, under which the
+learning rate warms up: pong_pg.learning_rate); the big checkpoints stay in the segment's run
+directory under runs/, which may be lost.
 """
 import csv
 import glob

@@ -280,6 +280,24 @@ def test_a_batch_after_reset_holds_only_its_own_episodes(episode):
     assert set(np.unique(first.idx)) - set(np.unique(second.idx))     # the first touched other pixels
 
 
+def test_warm_up_after_an_empty_cache_steps_lr_from_the_first_update():
+    """learning_rate(): from an empty RMSProp cache, update t's cache holds (1 - decay^t) g^2 for a steady
+    gradient g, so the plain lr steps lr / sqrt(1 - decay^t) (10 lr at first, with decay 0.99); the
+    warm-up's lr * sqrt(1 - decay^t) steps lr, as a full cache would, from update 1 on."""
+    lr, decay, g = 1e-3, 0.99, {"W2": np.array([0.5, -2.0, 0.2])}
+    for warm in (True, False):
+        model, cache = {"W2": np.zeros(3, np.float32)}, {"W2": np.zeros(3, np.float32)}
+        state = {"hyper": {"lr": lr, "decay_rate": decay}, "updates": 0, "warmup_from": 0 if warm else None}
+        for t in range(1, 301):
+            before = model["W2"].copy()
+            rmsprop_step(model, cache, g, pong_pg.learning_rate(state), decay, EPSILON)
+            expected = lr * np.sign(g["W2"]) / (1 if warm else np.sqrt(1 - decay ** t))
+            np.testing.assert_allclose(model["W2"] - before, expected, rtol=2e-3)
+            state["updates"] += 1
+    state["warmup_from"] = 290                       # a warm-up begun later counts its updates from there
+    assert pong_pg.learning_rate(state) == pytest.approx(lr * np.sqrt(1 - decay ** 11))
+
+
 def test_update_changes_w1_only_in_the_columns_of_the_batchs_touched_pixels(episode):
     """The workers are sent only the rows of W1T whose pixels the batch touched (Policy.patch): every
     other column of W1 must keep its weights exactly."""

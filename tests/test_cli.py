@@ -170,8 +170,32 @@ def test_init_from_an_agent_file_starts_a_new_run_with_its_weights(tmp_path):
     for k in ("W1", "W2"):
         np.testing.assert_array_equal(state["model"][k], shipped[k])   # no update yet: exactly its weights
         assert not state["cache"][k].any()
-    assert state["init_from"] == str(pong_pg.SHIPPED_AGENT)
+    assert state["init_from"] == str(pong_pg.SHIPPED_AGENT) and state["warmup_from"] == 0
     assert int(log_rows(tmp_path)[0]["score"]) > 0                     # it plays as the agent does: it wins
+
+
+def test_init_from_an_agent_file_warms_the_learning_rate_up(tmp_path):
+    """An agent file holds no RMSProp cache: its first update steps each weight by at most lr (the warm-up,
+    learning_rate()), not the lr / sqrt(1 - decay) = 10 lr of an empty cache at decay 0.99, which would jolt
+    the trained agent; the warm-up goes on across --resume, and a damaged count is refused."""
+    shipped = checkpoint.load(pong_pg.SHIPPED_AGENT)["model"]
+    result = run("--init-from", pong_pg.SHIPPED_AGENT, "--episodes", 1, "--batch-size", 1, "--decay-rate", 0.99,
+                 "--workers", 1, "--checkpoint-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "warms up" in result.stdout
+    state = saved(tmp_path)
+    assert (state["updates"], state["warmup_from"]) == (1, 0)
+    moved = np.abs(state["model"]["W1"] - shipped["W1"])
+    assert moved.max() <= 1e-3 * 1.001
+    assert np.median(moved[moved > 0]) == pytest.approx(1e-3, rel=0.01)
+    resumed = run("--resume", "--episodes", 1, "--checkpoint-dir", tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (saved(tmp_path)["updates"], saved(tmp_path)["warmup_from"]) == (2, 0)
+    state["warmup_from"] = 7                         # after the run's 1 update: damaged
+    checkpoint.save(tmp_path / "pong_pg.pkl", state)
+    refused = run("--resume", "--episodes", 1, "--checkpoint-dir", tmp_path)
+    assert refused.returncode == 1 and "bad warmup_from" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_init_from_a_checkpoint_carries_its_rmsprop_cache_and_learns_on(tmp_path, one_episode_run):
@@ -183,6 +207,7 @@ def test_init_from_a_checkpoint_carries_its_rmsprop_cache_and_learns_on(tmp_path
     assert result.returncode == 0, result.stderr
     state = saved(tmp_path / "run")
     assert state["updates"] == 1 and state["hyper"]["lr"] == 1e-2 and state["hyper"]["batch_size"] == 2
+    assert state["warmup_from"] is None               # a full cache: plain steps, no warm-up
     assert not np.array_equal(state["model"]["W1"], source["model"]["W1"])       # it learned from there
     # one RMSProp step from the file's cache: decay * 1e-4 + (1 - decay) g^2, so at least 0.9e-4
     # everywhere and exactly that where the batch did not reach (a fresh cache would give 0 there)
