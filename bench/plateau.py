@@ -36,7 +36,9 @@ CANDIDATES = {              # flags on top of the defaults: lr 1e-3, RMSProp dec
     "lr-3e-4": ["--decay-rate", "0.99", "--lr", "3e-4"],
     "lr-1e-4": ["--decay-rate", "0.99", "--lr", "1e-4"],
     "decay-0.99-warmup": ["--decay-rate", "0.99"],     # decay-0.99 with the learning rate's warm-up after
-}                                                      # --init-from (pong_pg.learning_rate): its runs predate it
+                                                       # --init-from (pong_pg.learning_rate): its runs predate it
+    "gamma-0.98": ["--decay-rate", "0.99", "--gamma", "0.98"],   # credit within ~50 steps of a point's end:
+}                                                                # the moves just before a miss
 SEEDS = (1, 2)
 MILESTONES = (1e6, 2e6, 5e6, 10e6, 20e6)
 LAST_EPISODES = 100         # the report's "last scores": the mean score of a run's last this many episodes
