@@ -768,11 +768,11 @@ def load_state(path):
         for k in HYPER_FLAGS:
             state["hyper"][k]
         state.setdefault("log_pending", [])
+        if not all(isinstance(row, str) for row in state["log_pending"]):
+            raise CheckpointError(f"checkpoint {path} is damaged: bad log rows")
         start = state.setdefault("warmup_from", None)
         if start is not None and not (isinstance(start, int) and 0 <= start <= state["updates"]):
             raise CheckpointError(f"checkpoint {path} is damaged: bad warmup_from")
-        if not all(isinstance(row, str) for row in state["log_pending"]):
-            raise CheckpointError(f"checkpoint {path} is damaged: bad log rows")
     except (KeyError, TypeError, AttributeError):
         raise CheckpointError(f"checkpoint {path} is damaged: it lacks part of the training state") from None
     try:
@@ -1059,13 +1059,14 @@ def prepare_run(args, paths, agent=None):
         state["model"] = {k: np.array(v, np.float32) for k, v in agent["model"].items()}
         if "cache" in agent:                          # a training checkpoint: its RMSProp cache goes on too
             state["cache"] = {k: np.array(v, np.float32) for k, v in agent["cache"].items()}
+            note = ", with its RMSProp cache"
         else:                                         # an empty cache under trained weights: warm up
             state["warmup_from"] = 0
+            note = ("\nits RMSProp cache starts empty: the learning rate warms up, lr*sqrt(1 - decay^t) "
+                    "in update t")
         state["init_from"] = args.init_from
         print(f"starting from the weights in {args.init_from} (trained for {agent.get('episode', '?')} "
-              f"episodes){', with its RMSProp cache' if 'cache' in agent else ''}")
-        if "cache" not in agent:
-            print("its RMSProp cache starts empty: the learning rate warms up, lr*sqrt(1 - decay^t) in update t")
+              f"episodes){note}")
     try:
         checkpoint.save(paths["checkpoint"], state)   # from now on, --resume always has a start
     except OSError as e:
