@@ -17,7 +17,7 @@ is drawn against agent steps, and the running mean is carried on across the segm
 import argparse
 import os
 
-from segments import ROOT, evals, finish, segment_logs, stitched, train_segment
+from segments import ROOT, SegmentFailed, evals, finish, segment_logs, stitched, train_segment
 
 NIGHT = os.path.join(ROOT, "bench", "night")
 
@@ -64,7 +64,10 @@ def main():
     args = ap.parse_args()
     if args.command == "run":
         run_dir = args.dir or os.path.join(ROOT, "runs", "night", f"seg{len(segment_logs(NIGHT)) + 1}")
-        train_segment(NIGHT, run_dir, [], minutes=args.minutes)
+        try:
+            train_segment(NIGHT, run_dir, [], minutes=args.minutes)
+        except SegmentFailed as e:
+            raise SystemExit(f"night: {e}") from None
     elif args.command == "finish":
         finish(NIGHT, args.dir)
     else:

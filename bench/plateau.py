@@ -25,7 +25,7 @@ import os
 import threading
 import time
 
-from segments import ROOT, evals, evaluate_agent, segment_logs, steps_done, stitched, train_segment
+from segments import ROOT, SegmentFailed, evals, evaluate_agent, segment_logs, steps_done, stitched, train_segment
 
 PLATEAU = os.path.join(ROOT, "bench", "plateau")
 START = os.path.join(ROOT, "checkpoints", "pretrained.pkl")
@@ -56,7 +56,7 @@ def train(names, seeds, steps, minutes, workers, parallel):
                if segment_logs(r[2]) and not os.path.exists(os.path.join(r[2], "agent.pkl"))]
     for name, seed, _ in dropped:
         print(f"{name} seed {seed}: skipped, its agent is not kept (a run dropped at an earlier stage)")
-    lock, busy = threading.Lock(), set()
+    lock, busy, failed = threading.Lock(), set(), []
     all_cores = sorted(os.sched_getaffinity(0)) if parallel > 1 else None
 
     def next_run():
@@ -77,9 +77,13 @@ def train(names, seeds, steps, minutes, workers, parallel):
                                    f"seg{len(segment_logs(keep)) + 1}")
             print(f"{name} seed {seed}: {steps_done(keep):,} agent steps so far, training on in {run_dir}",
                   flush=True)
-            train_segment(keep, run_dir, ["--workers", workers, *CANDIDATES[name]], seed=seed,
-                          first_from=START, minutes=(deadline - time.time()) / 60, until_steps=steps,
-                          evaluate=False, cores=cores)
+            try:
+                train_segment(keep, run_dir, ["--workers", workers, *CANDIDATES[name]], seed=seed,
+                              first_from=START, minutes=(deadline - time.time()) / 60, until_steps=steps,
+                              evaluate=False, cores=cores)
+            except SegmentFailed as e:
+                failed.append(f"{name} seed {seed}: {e}")     # this lane stops; the others go on
+                return
             if steps_done(keep) >= steps:
                 evaluate_agent(keep, len(segment_logs(keep)), cores=cores)
             with lock:
@@ -93,6 +97,8 @@ def train(names, seeds, steps, minutes, workers, parallel):
         t.start()
     for t in lanes:
         t.join()
+    if failed:
+        raise SystemExit("\n".join(failed))
 
 
 def trailing_mean(scores, k):
