@@ -3,8 +3,9 @@
 After about an hour the running mean flattens near +9 to +12. What may change to go further, the
 algorithm staying as it is: the learning rate (a lower one from a trained agent is a step in a
 schedule over agent steps), RMSProp's decay, the discount. Each candidate below trains on from the same
-agent (default: the shipped one) for --steps agent steps, once per seed, with the same number of
-workers (the weights' staleness depends on it). Runs are kept in segments (bench/segments.py) in
+agent, bench/plateau/start.pkl (the first agent shipped in checkpoints/: 57 minutes of training, 20.1M
+agent steps), for --steps agent steps, once per seed, with the same number of workers (the weights'
+staleness depends on it). Runs are kept in segments (bench/segments.py) in
 bench/plateau/NAME-sSEED/, so a run stopped by the end of a sitting goes on later on any machine; the
 last segment of a run ends with --eval 30 of its agent.
 
@@ -28,11 +29,11 @@ import time
 from segments import ROOT, SegmentFailed, evals, evaluate_agent, segment_logs, steps_done, stitched, train_segment
 
 PLATEAU = os.path.join(ROOT, "bench", "plateau")
-START = os.path.join(ROOT, "checkpoints", "pretrained.pkl")
+START = os.path.join(PLATEAU, "start.pkl")
 START_SCORE = 11.71         # the starting agent's mean score: --eval 100, sampled policy (± 0.85, 95% CI)
 CANDIDATES = {              # flags on top of the defaults: lr 1e-3, RMSProp decay 0.9, gamma 0.99
     "defaults": [],
-    "decay-0.99": ["--decay-rate", "0.99"],                        # how the shipped agent was trained
+    "decay-0.99": ["--decay-rate", "0.99"],                        # how the starting agent was trained
     "lr-3e-4": ["--decay-rate", "0.99", "--lr", "3e-4"],
     "lr-1e-4": ["--decay-rate", "0.99", "--lr", "1e-4"],
     "decay-0.99-warmup": ["--decay-rate", "0.99"],     # decay-0.99 with the learning rate's warm-up after
@@ -147,7 +148,7 @@ def report(names, seeds):
     ax.axhline(START_SCORE, color="grey", lw=1, ls="--", label="the starting agent")
     ax.set_xlabel("agent steps from the starting agent (millions)")
     ax.set_ylabel(f"mean score of the last {LAST_EPISODES} episodes")
-    ax.set_title("Training on from the shipped agent: one line a run, one colour a candidate")
+    ax.set_title("Training on from the same trained agent: one line a run, one colour a candidate")
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(os.path.join(ROOT, "bench", "plateau.png"), dpi=100)
