@@ -783,11 +783,22 @@ def load_state(path):
     return state
 
 
+def start_seed(state):
+    """The seed of the random weights that an agent's training began from, carried on through --init-from
+    and --export: a run's own seed, or the start_seed of the agent it was initialised from. None where it
+    is unknown (a 2016 save.p, an agent file that predates start_seed) or damaged."""
+    if "start_seed" in state:
+        seed = state["start_seed"]
+    else:
+        seed = None if state.get("init_from") else state.get("hyper", {}).get("seed")
+    return seed if type(seed) is int and seed >= 0 else None
+
+
 def initial_W1(state):
-    """The W1 a run started from, which its seed regenerates exactly (None if the seed is unknown, or if
-    the run started from another agent's weights)."""
-    seed = state.get("hyper", {}).get("seed")
-    if seed is None or state.get("init_from"):
+    """The random W1 the agent's training began from, which its start seed regenerates exactly (None
+    where that seed is unknown)."""
+    seed = start_seed(state)
+    if seed is None:
         return None
     return init_model(state["model"]["W1"].shape[0], np.random.default_rng(seed))["W1"]
 
@@ -981,6 +992,7 @@ def watch_agent(args):
           f"running mean {state.get('running_mean') or 0:+.2f}")
     if args.export:
         agent = {k: state[k] for k in ("hyper", "model", "episode", "total_steps", "running_mean") if k in state}
+        agent["start_seed"] = start_seed(state)      # hyper's seed is not the start of a run from --init-from
         try:
             if args.format == "2016":
                 checkpoint.save_2016(args.export, state["model"])
@@ -1065,6 +1077,7 @@ def prepare_run(args, paths, agent=None):
             note = ("\nits RMSProp cache starts empty: the learning rate warms up, lr*sqrt(1 - decay^t) "
                     "in update t")
         state["init_from"] = args.init_from
+        state["start_seed"] = start_seed(agent)      # where FILE's own training began, for the pictures
         print(f"starting from the weights in {args.init_from} (trained for {agent.get('episode', '?')} "
               f"episodes){note}")
     try:

@@ -215,6 +215,28 @@ def test_init_from_a_checkpoint_carries_its_rmsprop_cache_and_learns_on(tmp_path
     assert (state["cache"]["W1"] > 0.9e-4 * (1 + 1e-3)).any() and state["cache"]["W2"].min() >= 0.9e-4
 
 
+def test_the_start_seed_goes_on_through_init_from_and_export(tmp_path, one_episode_run):
+    """The weights pictures show what training changed since the random weights an agent's training began
+    from. A run from --init-from, the agent file it exports and a run from that file keep the first run's
+    seed (0) for them: their own --seed would regenerate weights they never had."""
+    result = run("--init-from", one_episode_run / "pong_pg.pkl", "--episodes", 1, "--workers", 1, "--seed", 5,
+                 "--checkpoint-dir", tmp_path / "on")
+    assert result.returncode == 0, result.stderr
+    assert (saved(tmp_path / "on")["hyper"]["seed"], saved(tmp_path / "on")["start_seed"]) == (5, 0)
+    result = run("--export", tmp_path / "agent.pkl", "--checkpoint-dir", tmp_path / "on")
+    assert result.returncode == 0, result.stderr
+    agent = pong_pg.load_agent(tmp_path / "agent.pkl")
+    assert agent["start_seed"] == 0
+    first = pong_pg.init_model(200, np.random.default_rng(0))["W1"]
+    np.testing.assert_array_equal(pong_pg.initial_W1(agent), first)
+    result = run("--init-from", tmp_path / "agent.pkl", "--episodes", 1, "--workers", 1, "--seed", 6,
+                 "--checkpoint-dir", tmp_path / "again")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(pong_pg.initial_W1(saved(tmp_path / "again")), first)
+    for unknown in (None, -1, "0", True, 2.0):     # unknown or damaged: the pictures show the weights as they are
+        assert pong_pg.initial_W1(dict(agent, start_seed=unknown)) is None
+
+
 @pytest.mark.parametrize("flags, says", [(["--init-from", "README.md"], "not a pong_pg checkpoint"),
                                          (["--init-from", "no-such.pkl"], "no-such.pkl"),
                                          (["--init-from", pong_pg.SHIPPED_AGENT, "--hidden", 16], "hidden units"),
