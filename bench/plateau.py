@@ -11,7 +11,7 @@ last segment of a run ends with --eval 30 of its agent.
 
     python bench/plateau.py run --minutes 120                 # train the least advanced runs, one at a time
     python bench/plateau.py run --minutes 12 --parallel 8     # 8 runs at once, each on its own 2 cores (Linux)
-    python bench/plateau.py report                            # the table, and bench/plateau.png
+    python bench/plateau.py report              # the table, bench/plateau.png and bench/shipped_agent_on.png
 
 The study goes in stages: all candidates to --steps 2e6, then only the best on to 5e6 (--candidates
 ...); in the repository a dropped run keeps its log and evaluations but not its agent, and is
@@ -31,6 +31,8 @@ from segments import ROOT, SegmentFailed, evals, evaluate_agent, segment_logs, s
 PLATEAU = os.path.join(ROOT, "bench", "plateau")
 START = os.path.join(PLATEAU, "start.pkl")
 START_SCORE = 11.71         # the starting agent's mean score: --eval 100, sampled policy (± 0.85, 95% CI)
+START_STEPS = 20.1e6        # the agent steps the starting agent was trained for (57 minutes, 5,446 episodes)
+SHIPPED = ("decay-0.99-warmup", 2)    # the run whose agent at 40M steps checkpoints/pretrained.pkl is
 CANDIDATES = {              # flags on top of the defaults: lr 1e-3, RMSProp decay 0.9, gamma 0.99
     "defaults": [],
     "decay-0.99": ["--decay-rate", "0.99"],                        # how the starting agent was trained
@@ -41,7 +43,7 @@ CANDIDATES = {              # flags on top of the defaults: lr 1e-3, RMSProp dec
     "gamma-0.98": ["--decay-rate", "0.99", "--gamma", "0.98"],   # credit within ~50 steps of a point's end:
 }                                                                # the moves just before a miss
 SEEDS = (1, 2)
-MILESTONES = (1e6, 2e6, 5e6, 10e6, 20e6)
+MILESTONES = (1e6, 2e6, 5e6, 10e6, 20e6, 40e6)
 LAST_EPISODES = 100         # the report's "last scores": the mean score of a run's last this many episodes
 
 
@@ -152,6 +154,37 @@ def report(names, seeds):
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(os.path.join(ROOT, "bench", "plateau.png"), dpi=100)
+    plt.close(fig)
+    shipped_curve(plt)
+
+
+def shipped_curve(plt):
+    """bench/shipped_agent_on.png: the shipped agent's training after its first 57 minutes, against
+    all its agent steps: the mean of 100 scores, the --eval 30 of each kept agent, each restart from
+    the agent file (a new segment) as a thin line."""
+    name, seed = SHIPPED
+    keep = runs([name], [seed])[0][2]
+    steps, _, scores, starts = stitched(keep)
+    full = range(LAST_EPISODES - 1, len(scores))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot([(START_STEPS + steps[k]) / 1e6 for k in full], [trailing_mean(scores, k) for k in full],
+            color="C4", lw=1, label=f"mean of the last {LAST_EPISODES} training games")
+    marks = evals(keep)
+    for mode, marker in (("sampled", "o"), ("greedy", "s")):
+        ax.plot([(START_STEPS + int(r["agent_steps"])) / 1e6 for r in marks],
+                [float(r[f"{mode}_mean"]) for r in marks], marker, color="black", mfc="none" if
+                mode == "greedy" else "black", ls="none", label=f"--eval 30, {mode}")
+    for k, x in enumerate(starts):
+        ax.axvline((START_STEPS + x) / 1e6, color="grey", lw=0.5, ls=":", label=None if k else
+                   "a restart from its agent file")
+    ax.axhline(START_SCORE, color="grey", lw=1, ls="--", label="its agent at 57 minutes, --eval 100 sampled")
+    ax.set_xlabel("agent steps since the random start (millions)")
+    ax.set_ylabel("score")
+    ax.set_title(f"The shipped agent after its first 57 minutes: {name} seed {seed}", fontsize="medium")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(os.path.join(ROOT, "bench", "shipped_agent_on.png"), dpi=100)
+    plt.close(fig)
 
 
 def main():
