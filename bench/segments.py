@@ -84,18 +84,17 @@ def train_segment(keep, run_dir, flags, seed=0, first_from=None, minutes=None, u
     proc = subprocess.Popen(trainer("--quiet", "--seed", seed + done, "--checkpoint-dir", run_dir, *start, *flags),
                             cwd=ROOT, preexec_fn=pinned(cores))
     deadline = time.time() + 60 * minutes if minutes else float("inf")
-    stopped = False
     while proc.poll() is None:
         rows = read_log(log) if until_steps else []
         if time.time() > deadline or (rows and offset + int(rows[-1]["total_steps"]) >= until_steps):
             proc.send_signal(signal.SIGINT)             # it saves its checkpoint, then exits
             proc.wait()
-            stopped = True
             break
         time.sleep(2)
-    # A trainer that failed (a worker died, no ale-py, a full disk) keeps nothing: its agent would
-    # replace keep's with an untrained copy, and the next segment would fail the same way.
-    if proc.returncode != (128 + signal.SIGINT if stopped else 0) or not read_log(log):
+    # The trainer exits 0 when done, 128 + the signal's number when a stop signal (this SIGINT, a
+    # Ctrl-C) made it save and stop. Any other end is a failure (a worker died, no ale-py, a full disk)
+    # and keeps nothing: its agent would replace keep's with an untrained copy.
+    if not (proc.returncode == 0 or proc.returncode > 128) or not read_log(log):
         raise SegmentFailed(f"the trainer in {run_dir} ended with exit code {proc.returncode} after "
                             f"{len(read_log(log))} episodes; {keep} is left as it was")
     finish(keep, run_dir, evaluate, cores)

@@ -7,9 +7,12 @@ import sys
 
 import pytest
 
+import pong_pg
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
+from learning_curves import read_log  # noqa: E402
 from segments import SegmentFailed, segment_logs, train_segment  # noqa: E402
 
 SHIPPED_AGENT = os.path.join(ROOT, "checkpoints", "pretrained.pkl")
@@ -32,3 +35,14 @@ def test_a_segment_whose_workers_cannot_start_keeps_nothing(tmp_path, monkeypatc
     assert filecmp.cmp(keep / "agent.pkl", SHIPPED_AGENT, shallow=False)
     assert segment_logs(str(keep)) == [str(keep / "seg1.csv")]
     assert sorted(os.listdir(keep)) == ["agent.pkl", "seg1.csv"]
+
+
+def test_a_segment_stopped_at_its_deadline_is_kept(tmp_path):
+    # The other end: the trainer stopped by the SIGINT train_segment sends (exit code 130) saved its
+    # checkpoint, so its log becomes seg1.csv and its agent agent.pkl.
+    keep = tmp_path / "keep"
+    train_segment(str(keep), str(tmp_path / "run"), ["--workers", "1"], minutes=0.2, evaluate=False)
+    assert segment_logs(str(keep)) == [str(keep / "seg1.csv")]
+    episodes = read_log(str(keep / "seg1.csv"))
+    agent = pong_pg.load_agent(str(keep / "agent.pkl"))
+    assert episodes and agent["episode"] == len(episodes) and "cache" not in agent
