@@ -32,7 +32,7 @@ PLATEAU = os.path.join(ROOT, "bench", "plateau")
 START = os.path.join(PLATEAU, "start.pkl")
 START_SCORE = 11.71         # the starting agent's mean score: --eval 100, sampled policy (± 0.85, 95% CI)
 START_STEPS = 20.1e6        # the agent steps the starting agent was trained for (57 minutes, 5,446 episodes)
-SHIPPED = ("decay-0.99-warmup", 2)    # the run whose agent at 40M steps checkpoints/pretrained.pkl is
+SHIPPED = ("decay-0.99-warmup", 2, 40.1e6)   # checkpoints/pretrained.pkl: this run's agent at these steps
 CANDIDATES = {              # flags on top of the defaults: lr 1e-3, RMSProp decay 0.9, gamma 0.99
     "defaults": [],
     "decay-0.99": ["--decay-rate", "0.99"],                        # how the starting agent was trained
@@ -162,14 +162,15 @@ def shipped_curve(plt):
     """bench/shipped_agent_on.png: the shipped agent's training after its first 57 minutes, against
     all its agent steps: the mean of 100 scores, the --eval 30 of each kept agent, each restart from
     the agent file (a new segment) as a thin line."""
-    name, seed = SHIPPED
+    name, seed, until = SHIPPED
     keep = runs([name], [seed])[0][2]
     steps, _, scores, starts = stitched(keep)
-    full = range(LAST_EPISODES - 1, len(scores))
+    full = [k for k in range(LAST_EPISODES - 1, len(scores)) if steps[k] <= until]   # not what came after
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot([(START_STEPS + steps[k]) / 1e6 for k in full], [trailing_mean(scores, k) for k in full],
             color="C4", lw=1, label=f"mean of the last {LAST_EPISODES} training games")
-    marks = evals(keep)
+    marks = [r for r in evals(keep) if int(r["agent_steps"]) <= until]
+    starts = [x for x in starts if x <= until]
     for mode, marker in (("sampled", "o"), ("greedy", "s")):
         ax.plot([(START_STEPS + int(r["agent_steps"])) / 1e6 for r in marks],
                 [float(r[f"{mode}_mean"]) for r in marks], marker, color="black", mfc="none" if
