@@ -8,14 +8,12 @@ import sys
 import pytest
 
 import pong_pg
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from learning_curves import read_log  # noqa: E402
-from segments import SegmentFailed, segment_logs, train_segment  # noqa: E402
-
-SHIPPED_AGENT = os.path.join(ROOT, "checkpoints", "pretrained.pkl")
+from learning_curves import read_log
+from segments import SegmentFailed, segment_logs, train_segment
 
 
 def test_a_segment_whose_workers_cannot_start_keeps_nothing(tmp_path, monkeypatch):
@@ -25,14 +23,14 @@ def test_a_segment_whose_workers_cannot_start_keeps_nothing(tmp_path, monkeypatc
     keep, broken = tmp_path / "keep", tmp_path / "no_ale"
     keep.mkdir()
     broken.mkdir()
-    shutil.copyfile(SHIPPED_AGENT, keep / "agent.pkl")
+    shutil.copyfile(pong_pg.SHIPPED_AGENT, keep / "agent.pkl")
     (keep / "seg1.csv").write_text("episode,score,running_mean,steps,total_steps,update,wall_seconds\n"
                                    "1,21,21.0,3000,3000,0,1.0\n")
     (broken / "ale_py.py").write_text("raise ImportError(\"No module named 'ale_py'\")\n")
     monkeypatch.setenv("PYTHONPATH", str(broken))
     with pytest.raises(SegmentFailed, match=r"exit code 1 after 0 episodes"):
         train_segment(str(keep), str(tmp_path / "run"), ["--workers", "1"], minutes=1)
-    assert filecmp.cmp(keep / "agent.pkl", SHIPPED_AGENT, shallow=False)
+    assert filecmp.cmp(keep / "agent.pkl", pong_pg.SHIPPED_AGENT, shallow=False)
     assert segment_logs(str(keep)) == [str(keep / "seg1.csv")]
     assert sorted(os.listdir(keep)) == ["agent.pkl", "seg1.csv"]
 
