@@ -94,9 +94,10 @@ def train_segment(keep, run_dir, flags, seed=0, first_from=None, minutes=None, u
     # The trainer exits 0 when done, 128 + the signal's number when a stop signal (this SIGINT, a
     # Ctrl-C) made it save and stop. Any other end is a failure (a worker died, no ale-py, a full disk)
     # and keeps nothing: its agent would replace keep's with an untrained copy.
-    if not (proc.returncode == 0 or proc.returncode > 128) or not read_log(log):
+    episodes = len(read_log(log))
+    if not (proc.returncode == 0 or proc.returncode > 128) or not episodes:
         raise SegmentFailed(f"the trainer in {run_dir} ended with exit code {proc.returncode} after "
-                            f"{len(read_log(log))} episodes; {keep} is left as it was")
+                            f"{episodes} episodes; {keep} is left as it was")
     finish(keep, run_dir, evaluate, cores)
 
 
