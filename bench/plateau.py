@@ -28,10 +28,11 @@ import time
 
 from segments import ROOT, SegmentFailed, evals, evaluate_agent, segment_logs, steps_done, stitched, train_segment
 
+from pong_pg import load_agent
+
 PLATEAU = os.path.join(ROOT, "bench", "plateau")
 START = os.path.join(PLATEAU, "start.pkl")
 START_SCORE = 11.71         # the starting agent's mean score: --eval 100, sampled policy (± 0.85, 95% CI)
-START_STEPS = 20.1e6        # the agent steps the starting agent was trained for (57 minutes, 5,446 episodes)
 SHIPPED = ("decay-0.99-warmup", 2, 40.1e6)   # checkpoints/pretrained.pkl: this run's agent at these steps
 CANDIDATES = {              # flags on top of the defaults: lr 1e-3, RMSProp decay 0.9, gamma 0.99
     "defaults": [],
@@ -164,19 +165,20 @@ def shipped_curve(plt):
     the agent file (a new segment) as a thin line."""
     name, seed, until = SHIPPED
     keep = runs([name], [seed])[0][2]
+    start_steps = load_agent(START)["total_steps"]      # 20.1M: its first 57 minutes
     steps, _, scores, starts = stitched(keep)
     full = [k for k in range(LAST_EPISODES - 1, len(scores)) if steps[k] <= until]   # not what came after
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot([(START_STEPS + steps[k]) / 1e6 for k in full], [trailing_mean(scores, k) for k in full],
+    ax.plot([(start_steps + steps[k]) / 1e6 for k in full], [trailing_mean(scores, k) for k in full],
             color="C4", lw=1, label=f"mean of the last {LAST_EPISODES} training games")
     marks = [r for r in evals(keep) if int(r["agent_steps"]) <= until]
     starts = [x for x in starts if x <= until]
     for mode, marker in (("sampled", "o"), ("greedy", "s")):
-        ax.plot([(START_STEPS + int(r["agent_steps"])) / 1e6 for r in marks],
+        ax.plot([(start_steps + int(r["agent_steps"])) / 1e6 for r in marks],
                 [float(r[f"{mode}_mean"]) for r in marks], marker, color="black", mfc="none" if
                 mode == "greedy" else "black", ls="none", label=f"--eval 30, {mode}")
     for k, x in enumerate(starts):
-        ax.axvline((START_STEPS + x) / 1e6, color="grey", lw=0.5, ls=":", label=None if k else
+        ax.axvline((start_steps + x) / 1e6, color="grey", lw=0.5, ls=":", label=None if k else
                    "a restart from its agent file")
     ax.axhline(START_SCORE, color="grey", lw=1, ls="--", label="its agent at 57 minutes, --eval 100 sampled")
     ax.set_xlabel("agent steps since the random start (millions)")
