@@ -1,4 +1,4 @@
-"""How fast does pong_pg beat the built-in AI? Learning curves over seeds and settings.
+r"""How fast does pong_pg beat the built-in AI? Learning curves over seeds and settings.
 
 Each run is a plain `python pong_pg.py` (all cores) with one seed and one setting, stopped when the
 running mean score reaches --target (0: it beats the built-in AI) or after --minutes. Runs go one at a
