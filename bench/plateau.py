@@ -44,7 +44,7 @@ CANDIDATES = {              # flags on top of the defaults: lr 1e-3, RMSProp dec
     "gamma-0.98": ["--decay-rate", "0.99", "--gamma", "0.98"],   # credit within ~50 steps of a point's end:
 }                                                                # the moves just before a miss
 SEEDS = (1, 2)
-MILESTONES = (1e6, 2e6, 5e6, 10e6, 20e6, 40e6, 60e6)
+MILESTONES = (1e6, 2e6, 5e6, 10e6, 20e6, 40e6, 60e6, 80e6)
 LAST_EPISODES = 100         # the report's "last scores": the mean score of a run's last this many episodes
 
 
