@@ -33,7 +33,7 @@ from pong_pg import load_agent
 PLATEAU = os.path.join(ROOT, "bench", "plateau")
 START = os.path.join(PLATEAU, "start.pkl")
 START_SCORE = 11.71         # the starting agent's mean score: --eval 100, sampled policy (± 0.85, 95% CI)
-SHIPPED = ("decay-0.99-warmup", 2, 60.1e6)   # checkpoints/pretrained.pkl: this run's agent at these steps
+SHIPPED = ("decay-0.99-warmup", 2, 80.1e6)   # checkpoints/pretrained.pkl: this run's agent at these steps
 CANDIDATES = {              # flags on top of the defaults: lr 1e-3, RMSProp decay 0.9, gamma 0.99
     "defaults": [],
     "decay-0.99": ["--decay-rate", "0.99"],                        # how the starting agent was trained
