@@ -28,12 +28,12 @@ import time
 
 from segments import ROOT, SegmentFailed, evals, evaluate_agent, segment_logs, steps_done, stitched, train_segment
 
-from pong_pg import load_agent
+from pong_pg import SHIPPED_AGENT, load_agent
 
 PLATEAU = os.path.join(ROOT, "bench", "plateau")
 START = os.path.join(PLATEAU, "start.pkl")
 START_SCORE = 11.71         # the starting agent's mean score: --eval 100, sampled policy (± 0.85, 95% CI)
-SHIPPED = ("decay-0.99-warmup", 2, 80.1e6)   # checkpoints/pretrained.pkl: this run's agent at these steps
+SHIPPED = ("decay-0.99-warmup", 2)   # checkpoints/pretrained.pkl is this run's agent (its total_steps say where)
 CANDIDATES = {              # flags on top of the defaults: lr 1e-3, RMSProp decay 0.9, gamma 0.99
     "defaults": [],
     "decay-0.99": ["--decay-rate", "0.99"],                        # how the starting agent was trained
@@ -163,9 +163,10 @@ def shipped_curve(plt):
     """bench/shipped_agent_on.png: the shipped agent's training after its first 57 minutes, against
     all its agent steps: the mean of 100 scores, the --eval 30 of each kept agent, each restart from
     the agent file (a new segment) as a thin line."""
-    name, seed, until = SHIPPED
+    name, seed = SHIPPED
     keep = runs([name], [seed])[0][2]
     start_steps = load_agent(START)["total_steps"]      # 20.1M: its first 57 minutes
+    until = load_agent(SHIPPED_AGENT)["total_steps"] - start_steps       # this run's steps up to it
     steps, _, scores, starts = stitched(keep)
     full = [k for k in range(LAST_EPISODES - 1, len(scores)) if steps[k] <= until]   # not what came after
     fig, ax = plt.subplots(figsize=(8, 4.5))
