@@ -14,7 +14,7 @@ import codecs
 import io
 import os
 import pickle
-import tempfile
+import secrets
 
 import numpy as np
 
@@ -109,10 +109,14 @@ def save_2016(path, model):
 
 
 def write_atomically(path, payload):
-    """Write payload to a temporary file beside path, flush it to disk, rename it over path."""
+    """Write payload to a temporary file beside path, flush it to disk, rename it over path. The file
+    gets the mode a new file gets from the user's umask (0644 under the usual 022), as any other
+    file the user writes; a file replaced keeps the permissions it had (a checkpoint made private
+    with chmod 600 stays private). Windows has no such modes."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=directory)
+    fd, tmp = create_temporary(directory)
     try:
+        keep_mode(path, fd)
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -127,6 +131,29 @@ def write_atomically(path, payload):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def create_temporary(directory):
+    """(fd, path) of a new temporary file in directory, created with mode 0o666 so that the operating
+    system applies the user's umask (tempfile.mkstemp would make it 0600 whatever the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(directory, TEMPORARY_PREFIX + secrets.token_hex(8))
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:                      # (a name drawn twice: draw another)
+            continue
+
+
+def keep_mode(path, fd):
+    """Give the new file (open as fd) the permission bits of the file it will replace, if any (POSIX)."""
+    if os.name != "posix":
+        return
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return
+    os.fchmod(fd, mode)
 
 
 def remove_temporaries(directory):

@@ -13,10 +13,11 @@ import os
 import signal
 import sys
 
-from stopping import Stop  # book-keeping, first: Ctrl-C during start-up stops as cleanly as later
+from stopping import OutputThatNeverStops, Stop  # book-keeping, first: Ctrl-C during start-up stops as cleanly as later
 
 if __name__ == "__main__":
     Stop.catch()
+    OutputThatNeverStops.install()    # a full disk under `> train.log` must not end training
 
 # One BLAS thread per process: the worker processes already keep every core busy, and BLAS threads
 # spinning beside them slow everything down. Must be set before numpy loads.
@@ -39,14 +40,14 @@ from checkpoint import CheckpointError
 from preprocess import (
     COLORS,
     D,
+    dense_difference,
     difference_values,
     learn_colors,
     preprocess,
     screen_difference,
     screen_pixels,
-    sparse_difference,
 )
-from workers import WorkerError, WorkerPool, game_step
+from workers import WorkerError, WorkerPool, env_seed, game_step, make_env, task_rng
 
 # ---------------------------------------------------------------- hyperparameters (each is a flag)
 HIDDEN = 200            # hidden units
@@ -58,6 +59,8 @@ EPSILON = 1e-5          # RMSProp: avoids division by zero
 SAVE_EVERY = 100        # episodes between checkpoints
 PICTURES_EVERY = 300    # seconds between redrawing the pictures at a checkpoint (the learner waits meanwhile)
 RUNNING_MEAN_DECAY = 0.99   # the running mean score: 0.99 * old + 0.01 * episode score
+
+EXIT_LAST_CHECKPOINT_KEPT = 75   # the final save failed (sysexits' EX_TEMPFAIL: retry once the disk has room)
 
 UP, DOWN = 2, 3         # Pong's minimal action set: RIGHT moves our paddle up, LEFT down
 
@@ -87,33 +90,71 @@ def policy_forward(model, x):
     return sigmoid(model["W2"] @ h), h                   # p = sigmoid(W2 . h)
 
 
-def policy_forward_sparse(W1T, W2, idx, vals):
-    """The same P(UP) for a sparse difference frame (pixels idx with values vals): W1 @ x reads only
-    the columns of the nonzero pixels. W1T = W1.T contiguous, so those columns are contiguous rows."""
-    h = vals.dot(W1T.take(idx, axis=0))                  # h = W1 x, touching only the nonzero pixels
+def policy_forward_sparse(weights, idx, vals):
+    """The same (p, h) for a sparse difference frame (pixels idx with values vals), with weights =
+    play_weights(model): W1 @ x reads only the columns of the nonzero pixels, which are contiguous
+    rows of W1T = W1.T."""
+    h = vals.dot(weights["W1T"].take(idx, axis=0))       # h = W1 x, touching only the nonzero pixels
     np.maximum(h, 0, out=h)                              # relu
-    return 1.0 / (1.0 + math.exp(-min(max(float(h.dot(W2)), -50.0), 50.0)))   # sigmoid, clipped alike
-
-
-def network_view(weights, idx, vals):
-    """P(UP) and the hidden activations for one sparse difference frame (what --annotate shows)."""
-    hidden = np.maximum(vals.dot(weights["W1T"].take(idx, axis=0)), 0)
-    return policy_forward_sparse(weights["W1T"], weights["W2"], idx, vals), hidden
+    logit = min(max(float(h.dot(weights["W2"])), -50.0), 50.0)
+    return 1.0 / (1.0 + math.exp(-logit)), h             # p = sigmoid(W2 . h), clipped alike
 
 
 def play_weights(model):
-    """The weights the workers play with, a copy the learner does not change: W1 transposed for
-    policy_forward_sparse, and W2."""
-    return {"W1T": np.array(model["W1"].T, order="C"), "W2": model["W2"].copy()}   # copies
+    """The weights the fast path plays with, a copy the learner does not change: W1 transposed for
+    policy_forward_sparse, and W2, in float32."""
+    return {"W1T": np.array(model["W1"].T, order="C", dtype=np.float32), "W2": model["W2"].astype(np.float32)}
 
 
 # ---------------------------------------------------------------- 3. playing an episode
 
 @dataclass
+class PlainEpisode:
+    """One game as the 2016 script records it, a row per step: the difference frame x the network
+    read, its hidden activations h, the "fake label" y (1 for UP, 0 for DOWN), y - p (the gradient of
+    log pi(action) at the logit) and the reward. x is kept as int8 (its values are -1, 0 and 1): 6,400
+    bytes a step where float64 takes 51 KB, so that ten games of 5,000 steps fit in 320 MB."""
+    xs: np.ndarray            # (T, 6400) int8
+    hs: np.ndarray            # (T, H) float64
+    ys: np.ndarray            # (T,) 1.0 for UP, 0.0 for DOWN
+    dlogps: np.ndarray        # (T,) y - p
+    rewards: np.ndarray       # (T,) +1 / -1 when a point ends, else 0
+
+    @property
+    def steps(self):
+        return len(self.ys)
+
+    @property
+    def score(self):
+        return int(self.rewards.sum())
+
+
+def play_episode_plain(env, model, rng):
+    """One episode as the 2016 script plays it, from the RGB frames env.step returns (env made with
+    make_env(obs_type="rgb")), with the float64 model. play_episode below plays the same game, faster."""
+    observation, _ = env.reset()
+    previous, xs, hs, ys, dlogps, rewards = None, [], [], [], [], []
+    while True:
+        current = preprocess(observation)                   # 80x80: paddles and ball
+        x = dense_difference(current, previous)             # x = cur_x - prev_x: what moved
+        previous = current
+        p, h = policy_forward(model, x)                     # p = P(UP)
+        y = 1.0 if rng.random() < p else 0.0                # roll the dice: UP with probability p
+        observation, reward, terminated, truncated, _ = env.step(UP if y else DOWN)
+        xs.append(x.astype(np.int8))                        # -- record x, h, y - p, the reward
+        hs.append(h)
+        ys.append(y)
+        dlogps.append(y - p)                                # d log pi(action) / d logit
+        rewards.append(reward)
+        if terminated or truncated:
+            return PlainEpisode(np.array(xs), np.array(hs), np.array(ys), np.array(dlogps), np.array(rewards))
+
+
+@dataclass
 class Episode:
-    """One game, compactly: each step's sparse difference frame (CSR form: step t's pixels are
-    idx[indptr[t]:indptr[t+1]], values vals[...]), whether the action was UP, and its reward.
-    About 100 bytes a step, where a dense float64 frame would take 51 KB."""
+    """One game as the fast path keeps it: each step's sparse difference frame (CSR form: step t's
+    pixels are idx[indptr[t]:indptr[t+1]], values vals[...]), whether the action was UP, and its
+    reward. About 100 bytes a step. h and p are computed again when the gradient is (episode_sums)."""
     indptr: np.ndarray        # (T+1,) int32
     idx: np.ndarray           # (nnz,) int16 flat pixel indices
     vals: np.ndarray          # (nnz,) int8, +1 (a pixel turned on) or -1 (turned off)
@@ -142,31 +183,13 @@ def compact_episode(idxs, turned_on, ups, rewards):
                    up=np.array(ups, np.uint8), rewards=np.array(rewards, np.int8))
 
 
-def play_episode_plain(env, weights, rng, greedy=False):
-    """One episode as the 2016 script plays it, from the RGB frame each step returns (env made with
-    make_env(obs_type="rgb")). play_episode below plays exactly the same game, faster."""
-    observation, _ = env.reset()
-    previous, idxs, turned_on, ups, rewards = None, [], [], [], []
-    while True:
-        current = preprocess(observation)
-        idx, on = sparse_difference(current, previous)              # x = current - previous frame
-        previous = current
-        p_up = policy_forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(on))
-        up = p_up > 0.5 if greedy else rng.random() < p_up          # sample the action ("roll the dice")
-        observation, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
-        idxs.append(idx)
-        turned_on.append(on)
-        ups.append(up)
-        rewards.append(reward)
-        if terminated or truncated:
-            return compact_episode(idxs, turned_on, ups, rewards)
-
-
 DICE_AT_ONCE = 1024    # play_episode draws its random numbers this many at a time
 
 
 def play_episode(env, weights, rng, greedy=False, on_step=None, max_steps=None):
-    """Play one episode with weights = play_weights(model); the same game as play_episode_plain.
+    """Play one episode with weights = play_weights(model): the same game as play_episode_plain, with
+    the same random numbers, and the same actions but where p and the die differ by less than float32's
+    rounding.
 
     Faster: the game is stepped straight on the emulator by env.step's rules (game_step: no
     observation is built), and the difference frame comes from ALE's palette-index screen, of which
@@ -182,7 +205,6 @@ def play_episode(env, weights, rng, greedy=False, on_step=None, max_steps=None):
     screen_pixels(screen, previous)                                  # the first difference is zero
     learn_colors(COLORS, previous, screen, ale.getScreenRGB)
     idxs, turned_on, ups, rewards = [], [], [], []
-    W1T, W2 = weights["W1T"], weights["W2"]
     while True:
         if len(ups) % DICE_AT_ONCE == 0:
             dice = rng.random(DICE_AT_ONCE)      # the next rolls: the same numbers as rng.random() one by one
@@ -190,8 +212,8 @@ def play_episode(env, weights, rng, greedy=False, on_step=None, max_steps=None):
         screen_pixels(screen, pixels)
         idx, on = screen_difference(pixels, previous, COLORS, screen, ale.getScreenRGB)
         pixels, previous = previous, pixels
-        p_up = policy_forward_sparse(W1T, W2, idx, difference_values(on))
-        up = p_up > 0.5 if greedy else dice[len(ups) % DICE_AT_ONCE] < p_up   # sample the action
+        p_up, _ = policy_forward_sparse(weights, idx, difference_values(on))
+        up = p_up > 0.5 if greedy else dice[len(ups) % DICE_AT_ONCE] < p_up   # roll the dice
         if on_step is not None:
             on_step(ale.getScreenRGB(), idx, on, up, rewards)
         reward, terminated, truncated = step(UP if up else DOWN)    # env.step without the observation
@@ -269,19 +291,27 @@ def accumulate_sparse_gradients(W1T, W2, indptr, idx, vals, up, coefs, dW1T, dW2
 
 # ---------------------------------------------------------------- 6. the batch's gradient
 
-def batch_gradient_plain(model, episodes, gamma, per_episode=False):
-    """The gradient of a batch, plainly: every step of the batch's episodes stacked (dense frames),
-    their returns standardized together (or each episode's on their own, as the 2016 script does, with
-    per_episode), one backward pass. episodes: [(xs (T, 6400), up (T,), rewards (T,))], played with model."""
-    xs = np.concatenate([x for x, _, _ in episodes])
-    up = np.concatenate([u for _, u, _ in episodes])
-    returns = [discount_rewards(r, gamma) for _, _, r in episodes]
+def batch_advantages(episodes, gamma, per_episode=False):
+    """Each episode's A_t: its discounted returns, standardized together with those of the whole
+    batch (or within the episode, as the 2016 script does, with per_episode)."""
+    returns = [discount_rewards(episode.rewards, gamma) for episode in episodes]
     if per_episode:
-        advantages = np.concatenate([standardize(R) for R in returns])   # A_t within each episode
-    else:
-        advantages = standardize(np.concatenate(returns))                 # A_t over the whole batch
-    ps, hs = zip(*(policy_forward(model, x) for x in xs), strict=True)
-    return policy_backward(model, np.array(hs), xs, advantages * (up - np.array(ps)))
+        return [standardize(R) for R in returns]                          # A_t within each episode
+    together = standardize(np.concatenate(returns))                        # A_t over the whole batch
+    return np.split(together, np.cumsum([len(R) for R in returns])[:-1])
+
+
+def batch_gradient_plain(model, episodes, gamma, per_episode=False):
+    """The gradient of sum_t A_t log pi(a_t | x_t) over a batch of PlainEpisodes played with model:
+    the advantages of the whole batch first, then the backward pass one episode at a time into a
+    gradient buffer, as the 2016 script does (so that only one episode's x is ever held as floats)."""
+    grad_buffer = {k: np.zeros_like(v) for k, v in model.items()}
+    for episode, advantages in zip(episodes, batch_advantages(episodes, gamma, per_episode), strict=True):
+        dlogits = advantages * episode.dlogps             # modulate the gradient with the advantage
+        grad = policy_backward(model, episode.hs, episode.xs.astype(model["W1"].dtype), dlogits)
+        for k in model:
+            grad_buffer[k] += grad[k]                     # accumulate over the batch
+    return grad_buffer
 
 
 @dataclass
@@ -488,14 +518,67 @@ def finite(*arrays):
 
 # ---------------------------------------------------------------- 8. the training loop
 
+def train_plain(args, state, paths, saves):
+    """The 2016 script's loop (--plain), in one process, float64 and dense: play an episode, recording
+    x, h, y - p and the rewards; every batch_size episodes, the batch's advantages, the backward pass one
+    episode at a time into a gradient buffer, one RMSProp step. It computes what train() computes with
+    one worker (tests/test_algorithm.py). Returns why it ended ("done" or a stop signal's name), the
+    unfinished batch (a list of PlainEpisode) and the clock."""
+    hyper, per_episode = state["hyper"], state["hyper"]["standardize"] == "episode"
+    model = state["model"] = {k: v.astype(np.float64) for k, v in state["model"].items()}   # as in the post
+    cache = state["cache"] = {k: v.astype(np.float64) for k, v in state["cache"].items()}
+    episodes = unfinished_plain_batch(state, model)          # book-keeping: a batch begun before a resume
+    env = make_env(obs_type="rgb")                            # env.step returns the RGB frame, as in the post
+    env.reset(seed=env_seed(hyper["seed"], 0, state["next_task"]))   # as train()'s worker 0 seeds its game
+    last_episode = state["episode"] + args.episodes if args.episodes else None
+    clock, last_pictures = Clock(state["wall_seconds"]), None
+    window_start, window_steps = time.time(), 0              # book-keeping for the per-update report
+    print_start(state, "the plain way (one process, float64, dense)")
+    with EpisodeLog(paths["log"], state["log_pending"]) as log:
+        while not stopped() and (last_episode is None or state["episode"] < last_episode):
+            # -- play: one episode with the current weights
+            episode = play_episode_plain(env, model, task_rng(hyper["seed"], state["next_task"]))
+            state["next_task"] += 1
+            episodes.append(episode)
+            count_episode(state, episode)
+
+            # -- log
+            window_steps += episode.steps
+            log.append(state, episode, clock.seconds())
+            if not args.quiet:
+                print_episode(state, episode, clock)
+
+            # -- update: every batch_size episodes, the batch's gradient and one RMSProp step
+            if len(episodes) >= hyper["batch_size"]:
+                grad = batch_gradient_plain(model, episodes, hyper["gamma"], per_episode)
+                if not finite(*grad.values()):
+                    raise FloatingPointError("the gradient is not finite")
+                rmsprop_step(model, cache, grad, learning_rate(state), hyper["decay_rate"], EPSILON)
+                if not finite(*model.values(), *cache.values()):
+                    raise FloatingPointError("the weights or the RMSProp cache are not finite")
+                state["updates"] += 1
+                print_update(state, sum(e.steps for e in episodes), len(episodes),
+                             window_steps / max(time.time() - window_start, 1e-9), 0, clock)
+                window_start, window_steps, episodes = time.time(), 0, []
+
+                # -- save: every save_every episodes; pictures at most every PICTURES_EVERY s
+                if state["episode"] - saves.episode >= args.save_every:
+                    log.sync()
+                    pictures = last_pictures is None or time.time() - last_pictures >= PICTURES_EVERY
+                    if saves.save(state, episodes, clock, f"every {args.save_every} episodes", pictures):
+                        last_pictures = time.time() if pictures else last_pictures
+    env.close()
+    return (signal.Signals(Stop.signum).name if Stop.signum else "done"), episodes, clock
+
+
 PATCHES_KEPT = 16       # updates whose changed pixels are remembered, for patching older weights
 PATCH_AT_MOST = 0.75    # of W1's rows: a patch that would change more sends all the weights
 
 
 @dataclass
-class Policy:
-    """Weights to play with (play_weights()), the number of updates they have had, and which pixels'
-    columns of W1 each recent update changed ({version: bool mask of pixels}): the other columns kept
+class WeightsSnapshot:
+    """The weights the workers play with (play_weights()), numbered by the updates they have had, and
+    which pixels' columns of W1 each recent update changed ({version: bool mask of pixels}): the other columns kept
     their weights, so a worker holding an older version needs only the changed rows of W1T."""
     version: int
     weights: dict
@@ -515,27 +598,29 @@ class Policy:
         return self.patches[held]
 
 
-def train(args, state, paths):
+def train(args, state, paths, saves):
     """Worker processes play episodes with the newest weights and compute each episode's gradient sums
     (play_for_batch); the sums join the batch; every batch_size episodes, one RMSProp step. Returns
     why it ended: "done", a stop signal's name, or a WorkerError."""
-    hyper, model, cache = state["hyper"], state["model"], state["cache"]
-    model["W1"], cache["W1"] = pixel_major(model["W1"]), pixel_major(cache["W1"])   # update() steps columns
-    per_episode = hyper["standardize"] == "episode"
+    hyper, per_episode = state["hyper"], state["hyper"]["standardize"] == "episode"
+    if state["model"]["W1"].dtype != np.float32:
+        print("note: the checkpoint's weights are float64 (a --plain run): training goes on in float32")
+    for part in ("model", "cache"):     # float32, W1 stored pixel by pixel: update() steps its columns
+        state[part] = {k: (pixel_major(v) if k == "W1" else v).astype(np.float32) for k, v in state[part].items()}
+    model, cache = state["model"], state["cache"]
     if state["batch"] and bool(state["batch"].get("per_episode", False)) != per_episode:
         print("note: the unfinished batch's returns were standardized the other way: it is dropped")
         state["batch"] = None
     batch = BatchGradient.from_state(state["batch"], hyper["hidden"], per_episode)
+    for episode in episodes_of_plain_batch(state):       # a batch begun by --plain goes on here
+        batch.add_episode(play_weights(model), episode, hyper["gamma"])
     changed = {}                        # book-keeping: {version: the pixels its update changed}
-    policy = Policy(state["updates"], play_weights(model), changed)
+    snapshot = WeightsSnapshot(state["updates"], play_weights(model), changed)
     last_episode = state["episode"] + args.episodes if args.episodes else None
     clock = Clock(state["wall_seconds"])
-    last_save, last_pictures = state["episode"], None
+    last_pictures = None
     window_start, window_steps, lag = time.time(), 0, 0    # book-keeping for the per-update report
-    print(f"training with {args.workers} worker(s), from episode {state['episode'] + 1}; "
-          f"lr {hyper['lr']}, batch {hyper['batch_size']}, gamma {hyper['gamma']}, "
-          f"decay {hyper['decay_rate']}, returns standardized per {hyper['standardize']}, {hyper['hidden']} "
-          f"hidden units, seed {hyper['seed']}")
+    print_start(state, f"with {args.workers} worker(s)")
     play = functools.partial(play_for_batch, gamma=hyper["gamma"], per_episode=per_episode)
     with WorkerPool(args.workers, play, hyper["seed"], state["next_task"],
                     render_first=args.render) as pool, EpisodeLog(paths["log"], state["log_pending"]) as log:
@@ -543,7 +628,7 @@ def train(args, state, paths):
             pool.wait_until_ready(stopped)
             for worker in pool.idle():
                 if wanted(state, pool, last_episode) and not stopped():
-                    hand_out(pool, worker, state, policy)
+                    hand_out(pool, worker, state, snapshot)
             while pool.busy and not stopped():
                 # -- collect: the next finished episode's gradient sums, and the weights it was played with
                 result = pool.next_result(timeout=0.2)
@@ -552,18 +637,17 @@ def train(args, state, paths):
                 worker, sums, played = result        # sums: EpisodeSums, with its score and steps
                 count_episode(state, sums)
                 if batch.episodes + 1 < hyper["batch_size"] and wanted(state, pool, last_episode):
-                    hand_out(pool, worker, state, policy)    # keep it busy while we learn
+                    hand_out(pool, worker, state, snapshot)    # keep it busy while we learn
 
                 # -- learn: the episode's gradient sums join the batch
                 batch.add(sums)
-                lag = max(lag, policy.version - played.version)
+                lag = max(lag, snapshot.version - played.version)
 
                 # -- log
                 window_steps += sums.steps
                 log.append(state, sums, clock.seconds())
                 if not args.quiet:
-                    print(f"episode {state['episode']}: score {sums.score:+d}, running mean "
-                          f"{state['running_mean']:+.2f}, {sums.steps} steps, {clock}")
+                    print_episode(state, sums, clock)
 
                 # -- update: every batch_size episodes (>=: --batch-size may shrink on resume)
                 if batch.episodes >= hyper["batch_size"]:
@@ -571,22 +655,19 @@ def train(args, state, paths):
                     state["updates"] += 1
                     changed[state["updates"]] = batch.touched.copy()
                     changed.pop(state["updates"] - PATCHES_KEPT, None)
-                    print(f"update {state['updates']}: {batch.steps} steps in {batch.episodes} episodes, "
-                          f"{window_steps / max(time.time() - window_start, 1e-9):,.0f} steps/s, running "
-                          f"mean {state['running_mean']:+.2f}, weights up to {lag} update(s) old, "
-                          f"total {state['total_steps']:,} steps, {clock}")
+                    rate = window_steps / max(time.time() - window_start, 1e-9)
+                    print_update(state, batch.steps, batch.episodes, rate, lag, clock)
                     window_start, window_steps, lag = time.time(), 0, 0
                     batch.reset()
-                    policy = Policy(state["updates"], play_weights(model), changed)
+                    snapshot = WeightsSnapshot(state["updates"], play_weights(model), changed)
                     if wanted(state, pool, last_episode):
-                        hand_out(pool, worker, state, policy)   # with the new weights, before the save
+                        hand_out(pool, worker, state, snapshot)   # with the new weights, before the save
 
                     # -- save: every save_every episodes; pictures at most every PICTURES_EVERY s
-                    if state["episode"] - last_save >= args.save_every:
+                    if state["episode"] - saves.episode >= args.save_every:
                         log.sync()
                         pictures = last_pictures is None or time.time() - last_pictures >= PICTURES_EVERY
-                        if save(paths, state, batch, clock, f"every {args.save_every} episodes", pictures):
-                            last_save = state["episode"]
+                        if saves.save(state, batch, clock, f"every {args.save_every} episodes", pictures):
                             last_pictures = time.time() if pictures else last_pictures
         except WorkerError as e:
             if not stopped():                 # a worker killed by the same signal is no failure
@@ -594,14 +675,32 @@ def train(args, state, paths):
     return (signal.Signals(Stop.signum).name if Stop.signum else "done"), batch, clock
 
 
+def print_episode(state, episode, clock):
+    print(f"episode {state['episode']}: score {episode.score:+d}, running mean {state['running_mean']:+.2f}, "
+          f"{episode.steps} steps, {clock}")
+
+
+def print_update(state, steps, episodes, steps_per_second, lag, clock):
+    print(f"update {state['updates']}: {steps} steps in {episodes} episodes, {steps_per_second:,.0f} steps/s, "
+          f"running mean {state['running_mean']:+.2f}, weights up to {lag} update(s) old, "
+          f"total {state['total_steps']:,} steps, {clock}")
+
+
+def print_start(state, how):
+    hyper = state["hyper"]
+    print(f"training {how}, from episode {state['episode'] + 1}; lr {hyper['lr']}, batch {hyper['batch_size']}, "
+          f"gamma {hyper['gamma']}, decay {hyper['decay_rate']}, returns standardized per {hyper['standardize']}, "
+          f"{hyper['hidden']} hidden units, seed {hyper['seed']}")
+
+
 def wanted(state, pool, last_episode):
     """Whether another episode should be started (--episodes counts the ones being played too)."""
     return last_episode is None or state["episode"] + len(pool.busy) < last_episode
 
 
-def hand_out(pool, worker, state, policy):
+def hand_out(pool, worker, state, snapshot):
     """Give worker the next episode to play (a task number: its random numbers derive from it)."""
-    pool.start(worker, state["next_task"], policy)
+    pool.start(worker, state["next_task"], snapshot)
     state["next_task"] += 1
 
 
@@ -658,7 +757,8 @@ def parse_args(argv=None):
         description="Train a numpy policy network to play Pong from pixels (REINFORCE + RMSProp).",
         epilog="Hyperparameters left unset take their defaults on a new run and the checkpoint's "
                "values on --resume.")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    p.add_argument("--resume", action="store_true", help="continue the run in --checkpoint-dir (where the "
+                   "directory holds no run yet, start one: the same command works every night)")
     p.add_argument("--init-from", metavar="FILE", help="start a new run from the weights in FILE: an agent "
                    "file (checkpoints/pretrained.pkl, an --export), a training checkpoint (its RMSProp cache "
                    "too), or the 2016 script's save.p; hyperparameters from the flags")
@@ -667,8 +767,10 @@ def parse_args(argv=None):
     p.add_argument("--episodes", type=positive_int, help="stop after this many more episodes, save and "
                    "exit (default: run until stopped)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--workers", type=positive_int, default=available_cores(),
-                   help="processes playing episodes (default: the cores available, here %(default)s)")
+    p.add_argument("--workers", type=positive_int, help=f"processes playing episodes (default: the cores "
+                   f"available, here {available_cores()})")
+    p.add_argument("--plain", action="store_true", help="train with the 2016 script's loop as written: one "
+                   "process, float64, dense frames (slower; the same numbers as the fast trainer)")
     p.add_argument("--save-every", type=positive_int, default=SAVE_EVERY,
                    help="episodes between checkpoints (default: %(default)s)")
     p.add_argument("--hidden", type=positive_int, help=f"hidden units (default: {HIDDEN})")
@@ -715,6 +817,10 @@ def parse_args(argv=None):
         p.error(f"{modes[0]} watches an agent; --resume, --init-from and --render are for training")
     if args.resume and args.init_from:
         p.error("--init-from starts a new run; --resume continues one: choose one")
+    clash = [flag for flag, on in (("--workers", args.workers), ("--render", args.render)) if on] + modes
+    if args.plain and clash:
+        p.error(f"--plain trains in one process, without a window: {clash[0]} does not go with it")
+    args.workers = args.workers or available_cores()
     if args.annotate and not (args.play or args.record):
         p.error("--annotate goes with --play or --record")
     if args.format != "pong_pg" and not args.export:
@@ -737,7 +843,7 @@ def new_state(hyper, seed):
     return {"hyper": dict(hyper, seed=seed), "model": model,
             "cache": {k: np.zeros_like(v) for k, v in model.items()},   # RMSProp's running mean of g^2
             "episode": 0, "total_steps": 0, "updates": 0, "next_task": 0,
-            "running_mean": None, "wall_seconds": 0.0, "batch": None,
+            "running_mean": None, "wall_seconds": 0.0, "batch": None, "plain_batch": None,
             "warmup_from": None,    # the update from which the learning rate warms up (learning_rate), if any
             "log_pending": []}      # log rows the disk did not take yet (written with the next row that fits)
 
@@ -778,6 +884,10 @@ def load_state(path):
     try:
         BatchGradient.from_state(state["batch"], state["hyper"]["hidden"],
                                  bool(state["batch"] and state["batch"].get("per_episode", False)))
+        for e in episodes_of_plain_batch(dict(state, plain_batch=state.setdefault("plain_batch", None))):
+            if not (len(e.indptr) == e.steps + 1 == len(e.rewards) + 1 and e.indptr[-1] == len(e.idx) == len(e.vals)
+                    and np.all(np.diff(e.indptr) >= 0) and np.all((e.idx >= 0) & (e.idx < D))):
+                raise ValueError("an unfinished episode does not decode")
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         raise CheckpointError(f"checkpoint {path} is damaged: its unfinished batch does not decode") from None
     return state
@@ -858,25 +968,95 @@ class Clock:
         return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
-def save(paths, state, batch, clock, reason, pictures=True):
-    """Write the checkpoint (the unfinished batch included) and, if asked, redraw the pictures. A save
-    that fails says so and keeps the previous checkpoint; returns whether it was written."""
-    state["wall_seconds"] = clock.seconds()
-    state["batch"] = batch.state() if batch.episodes else None
-    try:
-        checkpoint.save(paths["checkpoint"], state)
-    except OSError as e:
-        print(f"warning: could not save the checkpoint ({e.strerror or e}); the previous one is "
-              f"intact, trying again at the next save", file=sys.stderr)
-        return False
-    print(f"saved {paths['checkpoint']} at episode {state['episode']} ({reason})")
-    if pictures:
+class Saves:
+    """The run's checkpoint saves. A save that fails (a full disk) keeps the previous checkpoint
+    whole, says so once with the reason, and training goes on, trying again at each update until the
+    disk takes it: then "saved ... (N saves had failed)". `episode` is the episode the checkpoint on
+    disk holds."""
+
+    def __init__(self, paths, episode):
+        self.paths, self.episode = paths, episode
+        self.failed, self.error = 0, None          # book-keeping: saves failed in a row, and why
+
+    def save(self, state, batch, clock, reason, pictures=True):
+        """Write the checkpoint (the unfinished batch included: a BatchGradient, or --plain's list of
+        PlainEpisode) and, if asked, redraw the pictures. Returns whether it was written."""
+        state["wall_seconds"] = clock.seconds()
+        keep_unfinished_batch(state, batch)
         try:
-            watch.draw_pictures(os.path.dirname(paths["checkpoint"]) or ".", state["model"]["W1"], paths["log"],
-                                initial_W1(state), moment=(state["episode"], state["running_mean"]))
-        except Exception as e:  # noqa: BLE001 (the pictures are a convenience: report, train on)
-            print(f"note: could not draw the pictures ({e})", file=sys.stderr)
-    return True
+            checkpoint.save(self.paths["checkpoint"], state)
+        except OSError as e:
+            self.error = e.strerror or str(e)
+            if not self.failed:
+                print(f"warning: could not save the checkpoint ({self.error}); {self.paths['checkpoint']} "
+                      f"still holds episode {self.episode}; training goes on and saves as soon as the disk "
+                      f"takes it", file=sys.stderr)
+            self.failed += 1
+            return False
+        had_failed = f"; {self.failed} save(s) had failed" if self.failed else ""
+        self.episode, self.failed = state["episode"], 0
+        print(f"saved {self.paths['checkpoint']} at episode {state['episode']} ({reason}{had_failed})")
+        if pictures:
+            try:
+                watch.draw_pictures(os.path.dirname(self.paths["checkpoint"]) or ".", state["model"]["W1"],
+                                    self.paths["log"], initial_W1(state), moment=(state["episode"],
+                                                                                  state["running_mean"]))
+            except Exception as e:  # noqa: BLE001 (the pictures are a convenience: report, train on)
+                print(f"note: could not draw the pictures ({e})", file=sys.stderr)
+        return True
+
+    def final_failure(self, state):
+        """The one line for a stop whose final save failed: why, what is kept, what is lost, what to do."""
+        lost = state["episode"] - self.episode
+        return (f"the final checkpoint could not be saved ({self.error}): {self.paths['checkpoint']} holds "
+                f"episode {self.episode}, the {lost} episode(s) since are lost; once the disk has room, "
+                f"python pong_pg.py --resume continues from episode {self.episode}")
+
+
+# ---------------------------------------------------------------- the unfinished batch, across the two trainers
+# A checkpoint keeps the fast trainer's unfinished batch as its gradient sums ("batch"), and --plain's
+# as its episodes' difference frames, actions and rewards ("plain_batch", in Episode's compact form).
+# The fast trainer takes either: it computes the sums of --plain's episodes. --plain cannot replay
+# sums: a fast trainer's unfinished batch is dropped there, with a note.
+
+def keep_unfinished_batch(state, batch):
+    """Put the unfinished batch (a BatchGradient, or a list of PlainEpisode) into the state to save."""
+    if isinstance(batch, BatchGradient):
+        state["batch"], state["plain_batch"] = (batch.state() if batch.episodes else None), None
+    else:
+        state["batch"] = None
+        state["plain_batch"] = {str(i): vars(compact_plain_episode(e)) for i, e in enumerate(batch)} or None
+
+
+def compact_plain_episode(episode):
+    """A PlainEpisode as an Episode: the nonzero pixels of its difference frames, its actions, rewards."""
+    steps, pixels = np.nonzero(episode.xs)
+    return Episode(np.searchsorted(steps, np.arange(episode.steps + 1)).astype(np.int32), pixels.astype(np.int16),
+                   episode.xs[steps, pixels], episode.ys.astype(np.uint8), episode.rewards.astype(np.int8))
+
+
+def episodes_of_plain_batch(state):
+    """--plain's unfinished batch in state, as Episodes (and none left in state)."""
+    kept = state.get("plain_batch") or {}
+    state["plain_batch"] = None
+    return [Episode(**kept[str(i)]) for i in range(len(kept))]
+
+
+def unfinished_plain_batch(state, model):
+    """For --plain: the checkpoint's unfinished batch as PlainEpisodes, h and y - p computed again with
+    model (the weights they were played with: no update came between), step by step as in play."""
+    if state.get("batch"):
+        print(f"note: the unfinished batch ({state['batch']['episodes']} episode(s)) was kept as the fast "
+              f"trainer's gradient sums, which --plain cannot replay: it is dropped")
+        state["batch"] = None
+    replayed = []
+    for episode in episodes_of_plain_batch(state):
+        xs = np.zeros((episode.steps, D), np.int8)
+        xs[np.repeat(np.arange(episode.steps), np.diff(episode.indptr)), episode.idx] = episode.vals
+        ps, hs = zip(*(policy_forward(model, x.astype(np.float64)) for x in xs), strict=True)
+        ys = episode.up.astype(np.float64)
+        replayed.append(PlainEpisode(xs, np.array(hs), ys, ys - np.array(ps), episode.rewards.astype(np.float64)))
+    return replayed
 
 
 # ---------------------------------------------------------------- the per-episode CSV log
@@ -991,7 +1171,8 @@ def watch_agent(args):
     print(f"agent {path}: trained for {state.get('episode', '?')} episodes, "
           f"running mean {state.get('running_mean') or 0:+.2f}")
     if args.export:
-        agent = {k: state[k] for k in ("hyper", "model", "episode", "total_steps", "running_mean") if k in state}
+        agent = {k: state[k] for k in ("hyper", "episode", "total_steps", "running_mean") if k in state}
+        agent["model"] = {k: v.astype(np.float32) for k, v in state["model"].items()}   # a --plain run's too
         agent["start_seed"] = start_seed(state)      # hyper's seed is not the start of a run from --init-from
         try:
             if args.format == "2016":
@@ -1019,7 +1200,7 @@ def watch_agent(args):
     elif args.record:
         try:
             watch.record(play_episode, weights, args.record, args.seed, args.greedy, args.max_steps, stopped,
-                         network_view if args.annotate else None)
+                         policy_forward_sparse if args.annotate else None)
         except watch.MissingDependency as e:
             fail(e)
         except OSError as e:
@@ -1028,7 +1209,7 @@ def watch_agent(args):
         need_display("--play")
         try:
             watch.show(play_episode, weights, args.episodes, args.seed, args.greedy, args.max_steps, stopped,
-                       network_view if args.annotate else None)
+                       policy_forward_sparse if args.annotate else None)
         except watch.MissingDependency as e:
             fail(e)
 
@@ -1050,6 +1231,9 @@ def need_display(flag):
 def prepare_run(args, paths, agent=None):
     """The state to train from: the checkpoint on --resume (its log trimmed to match), else a new run
     whose first checkpoint is written before it plays (from agent's weights with --init-from)."""
+    if args.resume and not any(os.path.exists(paths[what]) for what in ("checkpoint", "log")):
+        print(f"no run in {args.checkpoint_dir} yet: starting a new one")    # the overnight command's first night
+        args.resume = False
     if args.resume:
         try:
             state = load_state(paths["checkpoint"])
@@ -1128,21 +1312,21 @@ def main(argv=None):
         first_episode = state["episode"]
         lock.name_holder()
         checkpoint.remove_temporaries(args.checkpoint_dir)
+        saves = Saves(paths, first_episode)
         try:
-            ended, batch, clock = train(args, state, paths)
+            ended, batch, clock = (train_plain if args.plain else train)(args, state, paths, saves)
         except FloatingPointError as e:
             fail(f"training diverged: {e}; stopped without saving, the last checkpoint is kept")
         played = state["episode"] > first_episode         # else the pictures would show nothing new
         if isinstance(ended, WorkerError):
             print(f"pong_pg: error: {ended}", file=sys.stderr)
-            save(paths, state, batch, clock, "after a worker failed", played)
-            sys.exit(1)
-        if ended == "done":
-            if not save(paths, state, batch, clock, "done", played):
-                fail("the final checkpoint could not be saved")
-            return
-        saved = save(paths, state, batch, clock, f"stopped by {ended}", played)
-        sys.exit(128 + Stop.signum if saved else 1)
+            reason, code = "after a worker failed", 1
+        else:
+            reason, code = ("done", 0) if ended == "done" else (f"stopped by {ended}", 128 + Stop.signum)
+        if not saves.save(state, batch, clock, reason, played):
+            fail(saves.final_failure(state), code=EXIT_LAST_CHECKPOINT_KEPT)
+        if code:
+            sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@ the training loop checks between episodes before it saves and exits 128 + the si
 
 pong_pg.py imports this module before anything else, so that a stop at any moment of start-up ends
 the same clean way (a module of its own, because it must load in a few milliseconds: no numpy).
+Output that cannot be written (a full disk, a closed pipe) must not stop training either:
+OutputThatNeverStops drops it.
 """
+import atexit
+import contextlib
 import os
 import signal
 import sys
@@ -41,3 +45,53 @@ class Stop:
             if signum == getattr(signal, "SIGHUP", None) and signal.getsignal(signum) == signal.SIG_IGN:
                 continue
             signal.signal(signum, cls.handler)
+
+
+class OutputThatNeverStops:
+    """sys.stdout or sys.stderr, such that output which cannot be written (a full disk under
+    `> train.log`, a closed pipe) is dropped instead of raising: a print must never end a night of
+    training. What the stream takes again once the disk has room is written as usual."""
+
+    def __init__(self, stream):
+        self.stream, self.failed = stream, False
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except (OSError, ValueError):                  # ENOSPC, EPIPE, EIO; ValueError: the stream is closed
+            self.failed = True
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.failed = True
+
+    def __getattr__(self, name):                       # isatty, fileno, encoding, ...: the stream's own
+        return getattr(self.stream, name)
+
+    @classmethod
+    def install(cls):
+        """Wrap sys.stdout and sys.stderr (once). At exit, a stream that still cannot be written is
+        pointed at the null device, so that Python's own last flush cannot fail the exit code."""
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if stream is not None and not isinstance(stream, cls):
+                setattr(sys, name, cls(stream))
+        atexit.register(cls.quiet_at_exit)
+
+    @staticmethod
+    def quiet_at_exit():
+        for stream in (sys.stdout, sys.stderr):
+            if not isinstance(stream, OutputThatNeverStops):
+                continue
+            stream.flush()
+            if stream.failed:
+                try:
+                    stream.stream.flush()
+                except (OSError, ValueError):
+                    with contextlib.suppress(OSError, ValueError, AttributeError):
+                        null = os.open(os.devnull, os.O_WRONLY)
+                        os.dup2(null, stream.stream.fileno())
+                        os.close(null)

@@ -55,11 +55,11 @@ def describe(episode):
 
 # ---------------------------------------------------------------- play in a window
 
-def show(play_episode, weights, episodes, seed, greedy, max_steps, stopped=never, network_view=None):
+def show(play_episode, weights, episodes, seed, greedy, max_steps, stopped=never, policy_forward=None):
     """Show the agent in a window at the game's real speed, until `episodes` games are over or
-    stopped() says to stop: ale-py's own SDL window, or with network_view a window of ours with the
+    stopped() says to stop: ale-py's own SDL window, or with policy_forward a window of ours with the
     game and the panel of what the network sees and does (see Annotator)."""
-    window = AnnotatedWindow(Annotator(network_view, weights)) if network_view else None
+    window = AnnotatedWindow(Annotator(policy_forward, weights)) if policy_forward else None
 
     def on_step(frame, idx, turned_on, up, rewards):
         if stopped():
@@ -193,16 +193,16 @@ class GifWriter:
         first.save(self.path, save_all=True, append_images=frames, duration=round(1000 / RECORD_FPS), loop=0)
 
 
-def record(play_episode, weights, path, seed, greedy, max_steps, stopped=never, network_view=None):
+def record(play_episode, weights, path, seed, greedy, max_steps, stopped=never, policy_forward=None):
     """Play one game without a window and write it to a video file; show progress on the way. With
-    network_view (see Annotator) each frame gets a panel of what the network sees and does. The video
+    policy_forward (see Annotator) each frame gets a panel of what the network sees and does. The video
     is written to a temporary file beside path and renamed when whole: a recording that fails or is
     stopped (stopped() turns true) leaves nothing behind."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1],
                                dir=os.path.dirname(os.path.abspath(path)))
     os.close(fd)
     try:
-        episode, seconds = _record_to(play_episode, weights, tmp, seed, greedy, max_steps, stopped, network_view)
+        episode, seconds = _record_to(play_episode, weights, tmp, seed, greedy, max_steps, stopped, policy_forward)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)                 # as a file the user wrote, not mkstemp's 0600
@@ -216,8 +216,8 @@ def record(play_episode, weights, path, seed, greedy, max_steps, stopped=never, 
           f"game {describe(episode)}, {seconds:.0f} s to record")
 
 
-def _record_to(play_episode, weights, path, seed, greedy, max_steps, stopped, network_view):
-    annotator = Annotator(network_view, weights) if network_view else None
+def _record_to(play_episode, weights, path, seed, greedy, max_steps, stopped, policy_forward):
+    annotator = Annotator(policy_forward, weights) if policy_forward else None
     width = 160 * RECORD_SCALE + (PANEL_WIDTH if annotator else 0)
     video = open_video(path, width, 210 * RECORD_SCALE)
     env = make_env()
@@ -260,10 +260,10 @@ class Annotator:
     """The panel beside each game frame: the 80x80 difference frame the network receives (+1 green,
     -1 red), P(UP) as a bar and as a trace over the last 3 seconds with the actions taken (green ticks
     above: UP, red below: DOWN), the 200 hidden activations as a grid (brighter = stronger), the score.
-    network_view(weights, idx, vals) -> (P(UP), hidden activations) is the policy's forward pass."""
+    policy_forward(weights, idx, vals) -> (P(UP), hidden activations) is the policy's forward pass."""
 
-    def __init__(self, network_view, weights):
-        self.network_view, self.weights = network_view, weights
+    def __init__(self, policy_forward, weights):
+        self.policy_forward, self.weights = policy_forward, weights
         self.Image, self.ImageDraw, ImageFont = pillow()
         try:
             self.font = ImageFont.load_default(size=13)
@@ -292,7 +292,7 @@ class Annotator:
     def compose(self, frame, idx, turned_on, up, rewards):
         """The game frame, enlarged, with the panel for this step on its right: (630, 760, 3) uint8."""
         vals = np.where(turned_on, 1, -1).astype(np.float32)
-        p_up, hidden = self.network_view(self.weights, idx, vals)
+        p_up, hidden = self.policy_forward(self.weights, idx, vals)
         self.trace = (self.trace + [(p_up, up)])[-TRACE_STEPS:]
         self.hidden_scale = max(self.hidden_scale, float(hidden.max()))
         panel = self._template()
@@ -349,7 +349,7 @@ def evaluate(play_episode, weights, n, seed, workers, stopped=never):
     Returns {"sampled": [Episode], "greedy": [Episode]}, or None if stopped() turned true first."""
     jobs = ["sampled"] * n + ["greedy"] * n
     results = {"sampled": [], "greedy": []}
-    policy = types.SimpleNamespace(version=0, weights=weights)   # sent to each worker once
+    snapshot = types.SimpleNamespace(version=0, weights=weights)   # sent to each worker once
     running, next_job = {}, 0
     with WorkerPool(min(workers, len(jobs)), play_episode, seed, EVAL_SEED_OFFSET) as pool:
         pool.wait_until_ready(stopped)
@@ -359,7 +359,7 @@ def evaluate(play_episode, weights, n, seed, workers, stopped=never):
             for worker in pool.idle():
                 if next_job < len(jobs):
                     running[worker] = jobs[next_job]
-                    pool.start(worker, EVAL_SEED_OFFSET + next_job, policy, greedy=jobs[next_job] == "greedy")
+                    pool.start(worker, EVAL_SEED_OFFSET + next_job, snapshot, greedy=jobs[next_job] == "greedy")
                     next_job += 1
             result = pool.next_result(timeout=1.0)
             if result is None:

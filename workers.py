@@ -122,7 +122,7 @@ def _worker(conn, play_episode, seed, worker_id, first_task, render):
 
 
 def apply_patch(weights, patch):
-    """Bring weights up to date with a patch (the learner's Policy.patch): its arrays in "in_rows"
+    """Bring weights up to date with a patch (the learner's WeightsSnapshot.patch): its arrays in "in_rows"
     replace those rows of the weights of that name, the ones in "whole" replace them whole."""
     for name, values in patch["in_rows"].items():
         weights[name][patch["rows"]] = values
@@ -143,7 +143,7 @@ class WorkerPool:
         back (an Episode, or in training its EpisodeSums); render_first: worker 0 shows its games in a
         window (at the game's real speed)."""
         ctx = multiprocessing.get_context("spawn")
-        self.conns, self.procs, self.busy, self.policies, self.selector = [], [], set(), {}, None
+        self.conns, self.procs, self.busy, self.snapshots, self.selector = [], [], set(), {}, None
         # The workers must start with these signals ignored, which they inherit only from an ignoring
         # parent. So the learner ignores them while it spawns; it blocks them first where it can, so
         # that one arriving meanwhile waits and reaches the learner's handler after (not lost).
@@ -209,17 +209,17 @@ class WorkerPool:
     def idle(self):
         return [w for w in range(len(self)) if w not in self.busy]
 
-    def start(self, worker, task, policy, greedy=False):
-        """Worker plays task next with policy (.version, .weights, and maybe .patch(version held)):
-        the weights are sent only if the worker does not have that version yet, and as a patch of
-        the version it has where policy.patch gives one."""
-        held = self.policies.get(worker)
-        self.policies[worker] = policy
-        if held is not None and held.version == policy.version:
+    def start(self, worker, task, snapshot, greedy=False):
+        """Worker plays task next with the weights of snapshot (.version, .weights, and maybe
+        .patch(version held)): they are sent only if the worker does not have that version yet, and
+        as a patch of the version it has where snapshot.patch gives one."""
+        held = self.snapshots.get(worker)
+        self.snapshots[worker] = snapshot
+        if held is not None and held.version == snapshot.version:
             new, weights = None, None
         else:
-            patch = policy.patch(held.version) if held is not None and hasattr(policy, "patch") else None
-            new, weights = ("all", policy.weights) if patch is None else ("patch", patch)
+            patch = snapshot.patch(held.version) if held is not None and hasattr(snapshot, "patch") else None
+            new, weights = ("all", snapshot.weights) if patch is None else ("patch", patch)
         try:
             self.conns[worker].send((task, greedy, new))
             if new:
@@ -229,7 +229,7 @@ class WorkerPool:
         self.busy.add(worker)
 
     def next_result(self, timeout):
-        """(worker, what play_episode returned, the policy it was played with) for an episode that
+        """(worker, what play_episode returned, the weights snapshot it was played with) for an episode that
         finished, or None after timeout seconds."""
         if self.selector:
             ready = {key.fileobj for key, _ in self.selector.select(timeout)}
@@ -246,7 +246,7 @@ class WorkerPool:
                 except (EOFError, OSError):
                     break
                 self.busy.discard(worker)
-                return worker, episode, self.policies[worker]
+                return worker, episode, self.snapshots[worker]
         for worker in self.busy:
             if not self.procs[worker].is_alive():
                 raise WorkerError(self._death(worker))

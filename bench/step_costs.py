@@ -69,7 +69,7 @@ def worker_loop(env, weights, steps):
             idx, on = screen_difference(pixels, previous, COLORS, screen, ale.getScreenRGB)
             pixels, previous = previous, pixels
             t3 = clock()
-            p_up = policy_forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(on))
+            p_up, _ = policy_forward_sparse(weights, idx, difference_values(on))
             t4 = clock()
             up = dice[len(ups) % DICE_AT_ONCE] < p_up
             t5 = clock()

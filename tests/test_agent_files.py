@@ -107,8 +107,7 @@ def test_export_format_2016_is_what_the_2016_script_loads_and_plays(tmp_path, re
         h[h < 0] = 0
         p_2016 = 1.0 / (1.0 + np.exp(-np.dot(model["W2"], h)))
         sl = slice(indptr[t], indptr[t + 1])
-        p_ours = pong_pg.policy_forward_sparse(weights["W1T"], weights["W2"], idx[sl].astype(np.intp),
-                                               vals[sl].astype(np.float32))
+        p_ours, _ = pong_pg.policy_forward_sparse(weights, idx[sl].astype(np.intp), vals[sl].astype(np.float32))
         assert abs(p_2016 - p_ours) < 1e-5
 
 

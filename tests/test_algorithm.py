@@ -11,6 +11,7 @@ from pong_pg import (
     UP,
     BatchGradient,
     Episode,
+    PlainEpisode,
     accumulate_sparse_gradients,
     batch_gradient_plain,
     discount_rewards,
@@ -41,6 +42,13 @@ def sparse_backward(W1, W2, indptr, idx, vals, up, coefs):
 
 def model64(hidden=200, seed=0):
     return {k: v.astype(np.float64) for k, v in init_model(hidden, np.random.default_rng(seed)).items()}
+
+
+def plain_episode(model, X, up, rewards):
+    """The PlainEpisode play_episode_plain records for frames X and actions up, played with model."""
+    hs = np.maximum(X @ model["W1"].T, 0)
+    ys = up.astype(np.float64)
+    return PlainEpisode(X.astype(np.int8), hs, ys, ys - sigmoid(hs @ model["W2"]), rewards)
 
 
 def log_prob_objective(model, X, up, advantages):
@@ -120,12 +128,13 @@ def check_against_finite_differences(model, grad, X, up, advantages, h=1e-5):
 def test_sparse_forward_equals_dense_forward(real_steps):
     (indptr, idx, vals), X = real_steps
     model = init_model(200, np.random.default_rng(3))
-    W1T = np.ascontiguousarray(model["W1"].T)
+    weights = play_weights(model)
     for t in range(len(X)):
         sl = slice(indptr[t], indptr[t + 1])
-        p_sparse = policy_forward_sparse(W1T, model["W2"], idx[sl].astype(np.intp), vals[sl].astype(np.float32))
-        p_dense, _ = policy_forward({k: v.astype(np.float64) for k, v in model.items()}, X[t])
+        p_sparse, h_sparse = policy_forward_sparse(weights, idx[sl].astype(np.intp), vals[sl].astype(np.float32))
+        p_dense, h_dense = policy_forward({k: v.astype(np.float64) for k, v in model.items()}, X[t])
         assert abs(p_sparse - p_dense) < 1e-6
+        np.testing.assert_allclose(h_sparse, h_dense, rtol=0, atol=1e-6)
 
 
 def test_sparse_backward_equals_dense_backward_float32(episode):
@@ -146,7 +155,7 @@ def test_sparse_backward_equals_dense_backward_float32(episode):
 
 def test_batch_gradient_equals_the_plain_batch_gradient(episode):
     """BatchGradient (sums per episode, standardized at the end) = batch_gradient_plain (the returns of
-    all the batch's steps standardized together, one dense backward pass)."""
+    all the batch's steps standardized together, then the dense backward pass episode by episode)."""
     frames, X, up, rewards = episode
     (indptr, idx, vals) = frames
     model = init_model(200, np.random.default_rng(5))
@@ -159,7 +168,7 @@ def test_batch_gradient_equals_the_plain_batch_gradient(episode):
         r[-1] = r[-1] or 1.0                          # each episode ends on a point
         batch.add_episode(weights, Episode(indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]],
                                            vals[indptr[a]:indptr[b]], up[a:b], r), 0.99)
-        plain.append((X[a:b], up[a:b], r))
+        plain.append(plain_episode(m64, X[a:b], up[a:b], r))
     ref = batch_gradient_plain(m64, plain, 0.99)
     grad = batch.gradient()
     assert batch.episodes == 3 and batch.steps == len(up)
@@ -217,25 +226,33 @@ def test_saturated_logits_neither_overflow_nor_warn():
     idx, vals = np.arange(10), np.ones(10, np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert policy_forward_sparse(W1T, np.full(4, 100.0, np.float32), idx, vals) == 1.0
-        assert policy_forward_sparse(W1T, np.full(4, -100.0, np.float32), idx, vals) < 1e-20
+        assert policy_forward_sparse({"W1T": W1T, "W2": np.full(4, 100.0, np.float32)}, idx, vals)[0] == 1.0
+        assert policy_forward_sparse({"W1T": W1T, "W2": np.full(4, -100.0, np.float32)}, idx, vals)[0] < 1e-20
         np.testing.assert_allclose(sigmoid(np.array([-1e4, 0.0, 1e4])), [0, 0.5, 1], atol=1e-20)
 
 
 def test_play_episode_plays_the_same_game_as_play_episode_plain(monkeypatch):
-    """The palette-screen episode loop and the 2016 RGB-frame loop: the same actions, rewards and
-    difference frames, step for step, over two whole games with the same seeds (the random numbers
-    drawn 97 at a time here, so that a game crosses many draws)."""
+    """The palette-screen episode loop with float32 weights and the 2016 RGB-frame loop with the same
+    weights in float64: the same actions, rewards and difference frames, step for step, over two whole
+    games with the same seeds (the random numbers drawn 97 at a time here, so that a game crosses many
+    draws); the plain loop's h and y - p are the network's at each of its frames."""
     monkeypatch.setattr(pong_pg, "DICE_AT_ONCE", 97)
-    weights = random_weights(3)
+    model = init_model(200, np.random.default_rng(3))
+    m64 = {k: v.astype(np.float64) for k, v in model.items()}
     fast_env, rgb_env = make_env(), make_env(obs_type="rgb")
     fast_env.reset(seed=11)
     rgb_env.reset(seed=11)
     for game in range(2):
-        fast = play_episode(fast_env, weights, task_rng(0, game))
-        plain = play_episode_plain(rgb_env, weights, task_rng(0, game))
-        for field in ("indptr", "idx", "vals", "up", "rewards"):
-            np.testing.assert_array_equal(getattr(fast, field), getattr(plain, field), err_msg=field)
+        fast = play_episode(fast_env, play_weights(model), task_rng(0, game))
+        plain = play_episode_plain(rgb_env, m64, task_rng(0, game))
+        np.testing.assert_array_equal(fast.up, plain.ys)
+        np.testing.assert_array_equal(fast.rewards, plain.rewards)
+        dense = np.zeros((fast.steps, D), np.int8)
+        dense[np.repeat(np.arange(fast.steps), np.diff(fast.indptr)), fast.idx] = fast.vals
+        np.testing.assert_array_equal(dense, plain.xs)
+        expected = plain_episode(m64, plain.xs.astype(np.float64), fast.up, plain.rewards)
+        np.testing.assert_allclose(plain.hs, expected.hs, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(plain.dlogps, expected.dlogps, rtol=0, atol=1e-12)
         assert fast.steps > 500 and (fast.rewards != 0).sum() >= 21
 
 
@@ -357,7 +374,7 @@ def test_per_episode_standardization_is_the_2016_formula(episode):
         r[-1] = r[-1] or 1.0
         batch.add_episode(weights, Episode(indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]],
                                            vals[indptr[a]:indptr[b]], up[a:b], r), 0.99)
-        plain.append((X[a:b], up[a:b], r))
+        plain.append(plain_episode(m64, X[a:b], up[a:b], r))
         discounted_epr = discount_rewards(r, 0.99)
         discounted_epr -= np.mean(discounted_epr)
         discounted_epr /= np.std(discounted_epr)

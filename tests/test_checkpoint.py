@@ -6,6 +6,7 @@ import pytest
 
 import checkpoint
 from checkpoint import CheckpointError
+from conftest import run
 
 
 def sample_state():
@@ -30,6 +31,32 @@ def test_round_trip_is_exact(tmp_path):
     for k in ("episode", "wall_seconds", "running_mean", "name", "nested", "flag", "big"):
         assert loaded[k] == state[k]
     loaded["model"]["W1"][0, 0] = 1.0        # arrays come back writable
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="Windows files have no permission bits")
+def test_a_new_file_gets_the_users_umask_and_a_replaced_one_keeps_its_mode(tmp_path, umask_022):
+    path = tmp_path / "c.pkl"
+    checkpoint.save(path, {"episode": 1})
+    assert os.stat(path).st_mode & 0o777 == 0o644          # as any file the user writes, not mkstemp's 0600
+    os.chmod(path, 0o600)                                  # the user makes it private
+    checkpoint.save(path, {"episode": 2})
+    assert os.stat(path).st_mode & 0o777 == 0o600 and checkpoint.load(path) == {"episode": 2}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="Windows files have no permission bits")
+@pytest.mark.parametrize("form", ["pong_pg", "2016"])
+def test_an_exported_agent_is_readable_like_any_file(tmp_path, one_episode_run, umask_022, form):
+    exported = tmp_path / "agent.pkl"
+    result = run("--export", exported, "--format", form, "--checkpoint", one_episode_run / "pong_pg.pkl")
+    assert result.returncode == 0, result.stderr
+    assert os.stat(exported).st_mode & 0o777 == 0o644
 
 
 def test_save_replaces_atomically_and_leaves_no_temporary_files(tmp_path):

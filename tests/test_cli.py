@@ -69,8 +69,9 @@ def test_fresh_start_over_an_existing_run_is_refused_and_keeps_it(tmp_path, one_
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "missing", "wrong shape"])
 def test_resume_from_an_unusable_checkpoint_gives_one_clear_line(tmp_path, one_episode_run, damage):
     path = tmp_path / "pong_pg.pkl"
-    if damage != "missing":
-        copy_run(one_episode_run, tmp_path)
+    copy_run(one_episode_run, tmp_path)
+    if damage == "missing":                          # a log without its checkpoint: not a new run
+        path.unlink()
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[:1000])
     elif damage == "garbage":
@@ -87,6 +88,18 @@ def test_resume_from_an_unusable_checkpoint_gives_one_clear_line(tmp_path, one_e
     assert result.stderr.startswith("pong_pg: error: ")
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert (path.read_bytes() if path.exists() else None) == before
+
+
+def test_the_overnight_command_starts_a_run_on_the_first_night_and_continues_it_after(tmp_path):
+    """`python pong_pg.py --resume` every night: where the directory holds no run yet it starts one
+    (saying so in one line), and from then on continues it."""
+    first = run("--resume", "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path / "new")
+    assert first.returncode == 0, first.stderr
+    assert f"no run in {tmp_path / 'new'} yet: starting a new one" in first.stdout
+    second = run("--resume", "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path / "new")
+    assert second.returncode == 0, second.stderr
+    assert "starting a new one" not in second.stdout and "from episode 2" in second.stdout
+    assert saved(tmp_path / "new")["episode"] == 2 and len(log_rows(tmp_path / "new")) == 2
 
 
 def test_resume_with_other_hidden_size_is_refused(tmp_path, one_episode_run):

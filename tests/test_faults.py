@@ -3,6 +3,8 @@ import errno
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -10,7 +12,21 @@ import pytest
 
 import checkpoint
 import pong_pg
-from conftest import all_gone_soon, children_of, copy_run, gone, log_rows, run, saved, start, wait_for_rows, workers_of
+from conftest import (
+    PONG_PG,
+    ROOT,
+    all_gone_soon,
+    children_of,
+    copy_run,
+    gone,
+    log_rows,
+    run,
+    saved,
+    start,
+    wait_for_rows,
+    workers_of,
+)
+from stopping import Stop
 
 
 def test_sigterm_saves_stops_workers_and_exits_143(tmp_path):
@@ -66,35 +82,92 @@ def test_a_failing_save_keeps_the_previous_checkpoint_and_training_goes_on(tmp_p
     good = (tmp_path / "pong_pg.pkl").read_bytes()
     real_fsync, calls = os.fsync, []
 
-    def disk_full_twice(fd):                          # the first two saves fail half-way, disk full
+    def disk_full_three_times(fd):                    # the first three saves fail half-way, disk full
         if checkpoint.TEMPORARY_PREFIX not in os.readlink(f"/proc/self/fd/{fd}"):
             return real_fsync(fd)                      # the log's, or the directory's
         calls.append(fd)
-        if len(calls) <= 2:
+        if len(calls) <= 3:
             assert (tmp_path / "pong_pg.pkl").read_bytes() == good
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(fd)
-    monkeypatch.setattr(checkpoint.os, "fsync", disk_full_twice)
-    pong_pg.main(["--resume", "--episodes", "3", "--batch-size", "1", "--save-every", "1", "--workers", "1",
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full_three_times)
+    pong_pg.main(["--resume", "--episodes", "5", "--batch-size", "1", "--save-every", "1", "--workers", "1",
                   "--checkpoint-dir", str(tmp_path)])
-    err = capsys.readouterr().err
-    assert err.count("could not save the checkpoint (No space left on device); the previous one is intact") == 2
-    assert saved(tmp_path)["episode"] == 4             # the third save, and the final one, went through
+    out, err = capsys.readouterr()
+    assert err.count("could not save the checkpoint") == 1                       # said once, with the reason
+    assert "could not save the checkpoint (No space left on device); " in err and "still holds episode 1" in err
+    assert "at episode 5 (every 1 episodes; 3 save(s) had failed)" in out        # the fourth save went through
+    assert saved(tmp_path)["episode"] == 6                                        # and the final one
     assert not [name for name in os.listdir(tmp_path) if name.startswith(checkpoint.TEMPORARY_PREFIX)]
 
 
-def test_a_failing_final_save_exits_non_zero(tmp_path, one_episode_run, monkeypatch, capsys):
+def no_space_for_checkpoints(monkeypatch):
+    def full(path, state):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint, "save", full)
+
+
+FINAL_LINE = ("pong_pg: error: the final checkpoint could not be saved (No space left on device): {path} holds "
+              "episode 1, the {lost} episode(s) since are lost; once the disk has room, python pong_pg.py "
+              "--resume continues from episode 1\n")
+
+
+def test_a_failing_final_save_says_what_is_kept_and_exits_75(tmp_path, one_episode_run, monkeypatch, capsys):
     copy_run(one_episode_run, tmp_path)
     good = (tmp_path / "pong_pg.pkl").read_bytes()
-
-    def denied(path, state):
-        raise PermissionError(errno.EACCES, "Permission denied")
-    monkeypatch.setattr(checkpoint, "save", denied)
+    no_space_for_checkpoints(monkeypatch)
     with pytest.raises(SystemExit) as exit_:
-        pong_pg.main(["--resume", "--episodes", "1", "--workers", "1", "--checkpoint-dir", str(tmp_path)])
-    assert exit_.value.code == 1
-    assert "final checkpoint could not be saved" in capsys.readouterr().err
+        pong_pg.main(["--resume", "--episodes", "3", "--batch-size", "1", "--save-every", "1", "--workers", "1",
+                      "--checkpoint-dir", str(tmp_path)])
+    assert exit_.value.code == pong_pg.EXIT_LAST_CHECKPOINT_KEPT == 75
+    err = capsys.readouterr().err
+    assert err.count("could not save the checkpoint") == 1
+    assert err.endswith(FINAL_LINE.format(path=tmp_path / "pong_pg.pkl", lost=3))
     assert (tmp_path / "pong_pg.pkl").read_bytes() == good
+
+
+def test_a_stop_whose_final_save_fails_says_so_once_and_exits_75(tmp_path, one_episode_run, monkeypatch, capsys):
+    """SIGTERM after a few episodes, the disk full all along: one warning while training, one line at
+    the stop (not "trying again"), exit 75; --resume once there is room continues from episode 1."""
+    copy_run(one_episode_run, tmp_path)
+    no_space_for_checkpoints(monkeypatch)
+    monkeypatch.setattr(Stop, "signum", None)           # restored when the test ends: later tests start unstopped
+    real_count = pong_pg.count_episode
+
+    def count_then_stop(state, episode):
+        real_count(state, episode)
+        if state["episode"] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(pong_pg, "count_episode", count_then_stop)
+    with pytest.raises(SystemExit) as exit_:
+        pong_pg.main(["--resume", "--batch-size", "1", "--save-every", "1", "--workers", "1",
+                      "--checkpoint-dir", str(tmp_path)])
+    assert exit_.value.code == 75
+    err = capsys.readouterr().err
+    assert err.count("could not save the checkpoint") == 1 and "trying again" not in err
+    assert err.endswith(FINAL_LINE.format(path=tmp_path / "pong_pg.pkl", lost=3))
+    monkeypatch.undo()
+    resumed = run("--resume", "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "from episode 2" in resumed.stdout
+    assert [int(r["episode"]) for r in log_rows(tmp_path)] == [1, 2]                # the log trimmed to match
+
+
+@pytest.mark.parametrize("output", ["a full disk", "a closed pipe"])
+def test_output_that_cannot_be_written_never_ends_training(tmp_path, output):
+    """stdout and stderr on /dev/full (every write: No space left on device), or a pipe whose reader
+    has gone: training runs to its end, saves, exits 0."""
+    command = [sys.executable, PONG_PG, "--episodes", "3", "--batch-size", "1", "--save-every", "1",
+               "--workers", "1", "--checkpoint-dir", str(tmp_path)]
+    if output == "a full disk":
+        with open("/dev/full", "w") as full:
+            returncode = subprocess.run(command, stdout=full, stderr=full, timeout=240, cwd=ROOT).returncode
+    else:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc.stdout.close()                            # the reader goes away before the first line
+        returncode = proc.wait(timeout=240)
+    assert returncode == 0
+    assert saved(tmp_path)["episode"] == 3 and len(log_rows(tmp_path)) == 3
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")

@@ -4,7 +4,7 @@ import tracemalloc
 import numpy as np
 
 from conftest import random_weights
-from pong_pg import BatchGradient, Episode, play_episode
+from pong_pg import BatchGradient, Episode, PlainEpisode, batch_gradient_plain, init_model, play_episode
 from workers import make_env, task_rng
 
 
@@ -50,3 +50,26 @@ def test_an_episode_is_stored_in_about_100_bytes_a_step():
     episode = play_episode(env, random_weights(0), task_rng(0, 0))
     stored = sum(a.nbytes for a in (episode.indptr, episode.idx, episode.vals, episode.up, episode.rewards))
     assert stored / episode.steps < 200        # a dense float64 frame would be 51,200 bytes
+
+
+def test_the_plain_batch_gradient_holds_one_episodes_frames_as_floats_at_a_time():
+    """batch_gradient_plain keeps the batch's frames as int8 and runs the backward pass one episode at
+    a time: beside the batch, its peak is one episode's frames in float64 and a few gradients, not the
+    whole batch's frames as floats (ten 5,000-step games would take 2.5 GB)."""
+    rng = np.random.default_rng(0)
+    model = {k: v.astype(np.float64) for k, v in init_model(200, rng).items()}
+    steps, episodes = 1_500, []
+    for _ in range(4):
+        xs = np.zeros((steps, 6400), np.int8)
+        xs[np.arange(steps).repeat(25), rng.integers(0, 6400, steps * 25)] = 1
+        hs = np.maximum(xs @ model["W1"].T, 0)
+        ys = (rng.random(steps) < 0.5).astype(np.float64)
+        rewards = np.zeros(steps)
+        rewards[::100] = -1
+        episodes.append(PlainEpisode(xs, hs, ys, ys - 0.5, rewards))
+    one_episode_as_floats = steps * 6400 * 8
+    tracemalloc.start()
+    batch_gradient_plain(model, episodes, 0.99)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert one_episode_as_floats < peak < 1.5 * one_episode_as_floats + 4 * model["W1"].nbytes, peak

@@ -220,7 +220,7 @@ def test_annotated_video_shows_for_each_step_what_the_network_saw_and_did(tmp_pa
         shown = np.linalg.norm(centres.reshape(6400, 1, 3) - reference, axis=2).argmin(axis=1)
         np.testing.assert_array_equal(shown, expected)
         checked += len(idx)
-        p_up = policy_forward_sparse(weights["W1T"], weights["W2"], idx, difference_values(vals > 0))
+        p_up, _ = policy_forward_sparse(weights, idx, difference_values(vals > 0))
         bar = panel[watch.BAR_TOP + watch.BAR_HEIGHT // 2, watch.PANEL_MARGIN:watch.PANEL_MARGIN + watch.BAR_WIDTH]
         filled = np.linalg.norm(bar - np.array(watch.PANEL_COLORS["bar"]), axis=1) < 40
         assert abs(filled.sum() - round(p_up * watch.BAR_WIDTH)) <= 2, (t, p_up, filled.sum())

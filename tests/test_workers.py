@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 
-from pong_pg import EpisodeSums, Policy
+from pong_pg import EpisodeSums, WeightsSnapshot
 from workers import WorkerPool, receive_arrays, send_arrays
 
 
@@ -44,7 +44,7 @@ def test_workers_patched_after_updates_hold_the_learners_weights_exactly():
     rng = np.random.default_rng(0)
     W1T, W2 = rng.standard_normal((6400, 8)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
     changed = {}
-    policy = Policy(0, {"W1T": W1T.copy(), "W2": W2.copy()}, changed)
+    policy = WeightsSnapshot(0, {"W1T": W1T.copy(), "W2": W2.copy()}, changed)
     policies = [policy]                                      # policies[v]: version v
     with WorkerPool(3, weights_played_with, 0, 0) as pool:
         pool.wait_until_ready(lambda: False)
@@ -64,7 +64,7 @@ def test_workers_patched_after_updates_hold_the_learners_weights_exactly():
             mask[rows] = True
             if step != 5:                                    # version 6's changes are forgotten
                 changed[step + 1] = mask
-            policy = Policy(step + 1, {"W1T": W1T.copy(), "W2": W2.copy()}, changed)
+            policy = WeightsSnapshot(step + 1, {"W1T": W1T.copy(), "W2": W2.copy()}, changed)
             policies.append(policy)
     sent = [(p.version, held, patch is not None) for p in policies for held, patch in p.patches.items()]
     assert any(patched and version - held > 1 for version, held, patched in sent)      # patched, behind by 2+
