@@ -1,13 +1,15 @@
 """pong_pg: learn Atari Pong from pixels with policy gradients (REINFORCE), in numpy.
 
-    python pong_pg.py              train until stopped; Ctrl-C saves a checkpoint and exits
-    python pong_pg.py --resume     continue from the checkpoint in checkpoints/
+    python pong_pg.py              train on every core until stopped; Ctrl-C saves a checkpoint and exits
+    python pong_pg.py --resume     continue the run in checkpoints/ (where there is none yet, start one)
+    python pong_pg.py --plain      train with the 2016 loop as written: one process, float64, dense
 
 A 2-layer network (6400 -> 200 ReLU -> sigmoid P(UP)) reads 80x80 difference frames, samples UP or
 DOWN, and learns with REINFORCE: discounted returns, standardized over each batch of 10 episodes, a
 hand-written backward pass, RMSProp. The file follows the 2016 "Pong from Pixels" script: the
 algorithm first (each step in its plain form, then the faster form the trainer runs, computing the
-same numbers), the training loop, and the book-keeping (command line, checkpoints, log) last.
+same numbers), then the two training loops (train_plain, the 2016 loop; train, the same on every
+core), and the book-keeping (command line, checkpoints, log) last.
 """
 import os
 import signal
@@ -69,8 +71,9 @@ UP, DOWN = 2, 3         # Pong's minimal action set: RIGHT moves our paddle up, 
 #
 # 1. Preprocessing lives in preprocess.py: preprocess(frame) is the 2016 recipe (crop, downsample,
 #    erase the background: an 80x80 image of paddles and ball); the network reads the difference of
-#    two consecutive images, kept sparse (a few dozen of its 6,400 pixels are nonzero).
-#    screen_difference() computes the same difference frames from ALE's palette screens, faster.
+#    two consecutive images, x = cur_x - prev_x (dense_difference). The fast path keeps it sparse (a
+#    few dozen of its 6,400 pixels are nonzero) and computes it from ALE's palette screens
+#    (screen_difference), the same numbers.
 
 # ---------------------------------------------------------------- 2. the policy network
 
@@ -1184,9 +1187,13 @@ def watch_agent(args):
         print(f"wrote {args.export}")
     elif args.plot:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
+        env = make_env()                         # the pixels the agent's own games change, and how often
+        env.reset(seed=args.seed)
+        seen = watch.pixel_counts([play_episode(env, weights, task_rng(args.seed, game)) for game in range(2)])
         try:
             written = watch.draw_pictures(args.checkpoint_dir, state["model"]["W1"],
-                                          os.path.join(args.checkpoint_dir, LOG_FILE), initial_W1(state))
+                                          os.path.join(args.checkpoint_dir, LOG_FILE), initial_W1(state),
+                                          seen=seen, W2=state["model"]["W2"])
             written.append(watch.weights_animation(args.checkpoint_dir))
         except (ImportError, watch.MissingDependency) as e:
             fail(e)

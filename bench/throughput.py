@@ -5,8 +5,9 @@
       reading ALE's palette screen as pong_pg does; nothing a trainer can do goes faster,
   (a') the same through gymnasium's env.step, which also builds an observation each step: the RGB
       frame (as most Atari code steps the game), and (a'') the 128-byte RAM (obs_type="ram"),
-  (b) a reference-equivalent trainer: the 2016 pong.py approach (one process, float64, dense W1 @ x
-      on every frame, each episode kept as dense float64 arrays, dense backward pass),
+  (b) the 2016 loop as written: `python pong_pg.py --plain --preset 2016` (one process, float64,
+      dense W1 @ x on every RGB frame, the backward pass one episode at a time), and (b') the same
+      from the shipped agent (long games: the plain loop's memory grows with them),
   (c) this project's trainer: `python pong_pg.py --workers N`, from a fresh start (a random agent's
       1,000-step games), and (c') from the shipped agent (games of several thousand steps, as in the
       hours of an overnight run), learning with a negligible rate so that it stays that good.
@@ -24,7 +25,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,24 +67,6 @@ def _tree_rss_bytes(root_pid):
         except (OSError, StopIteration):
             pass
     return total
-
-
-def run_measuring_memory(cmd, **kwargs):
-    """Run cmd to completion; return (stdout, peak RSS of its whole process tree in bytes)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
-    peak = [0]
-
-    def sample():
-        while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_rss_bytes(proc.pid))
-            time.sleep(0.1)
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    out = proc.communicate()[0]
-    sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out}")
-    return out, peak[0]
 
 
 # ---------------------------------------------------------------- (a) the emulator
@@ -138,71 +120,16 @@ def random_players(how, workers, seconds):
     return sum(rates)
 
 
-# ---------------------------------------------------------------- (b) the reference-equivalent trainer
+# ---------------------------------------------------------------- (b) the plain loop and (c) this trainer
 
-def prepro_2016(image):
-    """The 2016 script's preprocessing: 210x160x3 uint8 frame -> 6400 float vector."""
-    image = image[35:195]
-    image = image[::2, ::2, 0]
-    image[image == 144] = 0
-    image[image == 109] = 0
-    image[image != 0] = 1
-    return image.astype(float).ravel()
-
-
-def reference_trainer(seconds):
-    """The 2016 pong.py loop on today's gymnasium; returns steps/s. Run in its own process."""
-    from pong_pg import discount_rewards, policy_backward, policy_forward
-    from preprocess import D
-    rng = np.random.default_rng(0)
-    H, batch_size, lr, gamma, decay = 200, 10, 1e-3, 0.99, 0.99
-    model = {"W1": rng.standard_normal((H, D)) / np.sqrt(D), "W2": rng.standard_normal(H) / np.sqrt(H)}
-    grad_buffer = {k: np.zeros_like(v) for k, v in model.items()}
-    cache = {k: np.zeros_like(v) for k, v in model.items()}
-    env = make_env(obs_type="rgb")                   # 2016: every step returns the RGB frame
-    obs, _ = env.reset(seed=0)
-    prev, xs, hs, dlogps, rewards = None, [], [], [], []
-    steps, episodes, start = 0, 0, time.perf_counter()
-    while True:
-        cur = prepro_2016(obs)
-        x = cur - prev if prev is not None else np.zeros(D)
-        prev = cur
-        p, h = policy_forward(model, x)
-        up = rng.random() < p
-        xs.append(x)
-        hs.append(h)
-        dlogps.append(float(up) - p)
-        obs, reward, terminated, truncated, _ = env.step(UP if up else DOWN)
-        rewards.append(reward)
-        steps += 1
-        if terminated or truncated:
-            episodes += 1
-            epx, eph = np.vstack(xs), np.vstack(hs)
-            R = discount_rewards(np.array(rewards), gamma)
-            R = (R - R.mean()) / R.std()              # 2016: standardized per episode
-            grad = policy_backward(model, eph, epx, np.array(dlogps) * R)
-            for k in model:
-                grad_buffer[k] += grad[k]
-            if episodes % batch_size == 0:
-                for k in model:
-                    cache[k] = decay * cache[k] + (1 - decay) * grad_buffer[k] ** 2
-                    model[k] += lr * grad_buffer[k] / (np.sqrt(cache[k]) + 1e-5)
-                    grad_buffer[k][:] = 0
-            xs, hs, dlogps, rewards, prev = [], [], [], [], None
-            obs, _ = env.reset()
-            if time.perf_counter() - start > seconds:
-                return steps / (time.perf_counter() - start)
-
-
-# ---------------------------------------------------------------- (c) this trainer
-
-def this_trainer(workers, seconds, agent=None):
+def this_trainer(workers, seconds, agent=None, plain=False):
     """Train for about `seconds` after the first episode, stop with Ctrl-C (SIGINT) as a user would.
-    agent: start from these weights (a trained agent's long games) instead of a fresh network."""
+    agent: start from these weights (a trained agent's long games) instead of a fresh network.
+    plain: `--plain --preset 2016`, the 2016 loop as written (one process; workers is ignored)."""
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "log.csv")
-        cmd = [sys.executable, os.path.join(ROOT, "pong_pg.py"), "--quiet", "--workers", str(workers),
-               "--checkpoint-dir", tmp]
+        cmd = [sys.executable, os.path.join(ROOT, "pong_pg.py"), "--quiet", "--checkpoint-dir", tmp]
+        cmd += ["--plain", "--preset", "2016"] if plain else ["--workers", str(workers)]
         if agent is not None:
             state = pong_pg.new_state(pong_pg.choose_hyperparameters(pong_pg.parse_args([]), None), 0)
             state["model"] = pong_pg.load_agent(agent)["model"]
@@ -247,10 +174,12 @@ def main():
     emulator = stepping_ways(args.workers, args.seconds)
     a = emulator["emulator"]
     print("; ".join(f"{how}: {rate:,.0f} steps/s" for how, rate in emulator.items()), flush=True)
-    out, b_peak = run_measuring_memory([sys.executable, __file__, "--reference-only", str(args.seconds)],
-                                       env=USER_ENVIRONMENT)     # the reference as a user runs it: BLAS on all cores
-    b = float(out.strip().splitlines()[-1])
-    print(f"(b) reference-equivalent: {b:,.0f} steps/s", flush=True)
+    b, b_peak, b_length = this_trainer(1, args.seconds, plain=True)
+    print(f"(b) the plain loop: {b:,.0f} steps/s ({b_length:,.0f}-step games), peak {b_peak / 2**20:,.0f} MB",
+          flush=True)
+    bl, bl_peak, bl_length = this_trainer(1, 2 * args.seconds, pong_pg.SHIPPED_AGENT, plain=True)
+    print(f"(b') the plain loop from the shipped agent: {bl:,.0f} steps/s ({bl_length:,.0f}-step games), "
+          f"peak {bl_peak / 2**20:,.0f} MB", flush=True)
     # each trainer run is divided by the emulator's limit measured just before and just after it
     limits, runs = [random_players("emulator", args.workers, args.seconds)], {"c": [], "c'": []}
     for _ in range(args.rounds):
@@ -270,8 +199,10 @@ def main():
     for how, name in STEPPING.items():
         print(f"| {name}, random UP/DOWN, {args.workers} process(es) | {emulator[how]:,.0f} | | "
               f"{emulator[how] / a:.2f} | |")
-    print(f"| (b) reference-equivalent (1 process, float64, dense) | {b:,.0f} | {b_peak / mb:,.0f} MB | "
-          f"{b / a:.2f} | |")
+    print(f"| (b) the plain loop, --plain --preset 2016 (1 process, float64, dense; {b_length:,.0f}-step games) | "
+          f"{b:,.0f} | {b_peak / mb:,.0f} MB | {b / a:.2f} | |")
+    print(f"| (b') the same, trained agent ({bl_length:,.0f}-step games) | {bl:,.0f} | {bl_peak / mb:,.0f} MB | "
+          f"{bl / a:.2f} | |")
     print(f"| (c) pong_pg.py --workers {args.workers}, fresh start ({c_length:,.0f}-step games) | {c:,.0f} | "
           f"{c_peak / mb:,.0f} MB | {c_ratio} | {c / b:.2f} |")
     print(f"| (c') the same, trained agent ({t_length:,.0f}-step games) | {t:,.0f} | {t_peak / mb:,.0f} MB | "
@@ -281,7 +212,4 @@ def main():
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--reference-only":
-        print(reference_trainer(float(sys.argv[2])))
-    else:
-        main()
+    main()

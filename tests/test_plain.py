@@ -1,6 +1,8 @@
 """--plain, the 2016 loop as written, against the fast trainer: the same games, the same updates; and
 the same book-keeping (checkpoints, --resume, Ctrl-C), the unfinished batch across the two."""
 import csv
+import os
+import re
 import shutil
 import signal
 
@@ -9,7 +11,7 @@ import pytest
 
 import checkpoint
 import pong_pg
-from conftest import log_rows, run, saved, start, wait_for_rows
+from conftest import ROOT, log_rows, run, saved, start, wait_for_rows
 
 SAME_IN_BOTH = ["episode", "score", "running_mean", "steps", "total_steps", "update"]   # all but the time
 
@@ -110,3 +112,10 @@ def test_a_plain_run_exports_a_float32_agent(tmp_path):
     assert agent["model"]["W1"].dtype == agent["model"]["W2"].dtype == np.float32
     with open(tmp_path / "log.csv") as f:
         assert len(list(csv.reader(f))) == 2
+
+
+def test_the_readme_links_to_the_line_where_the_algorithm_starts():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        line = int(re.search(r"\(pong_pg\.py#L(\d+)\)", f.read()).group(1))
+    with open(os.path.join(ROOT, "pong_pg.py")) as f:
+        assert "ALGORITHM" in f.read().splitlines()[line - 1]
