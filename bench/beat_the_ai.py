@@ -18,6 +18,7 @@ to bench/beat_the_ai/NAME.csv, which `report` reads (with the logs of earlier st
 NAME is CANDIDATE-wWORKERS-sSEED.
 """
 import argparse
+import csv
 import glob
 import os
 import re
@@ -212,6 +213,110 @@ def plot(runs, path):
 
 # ---------------------------------------------------------------- diagnose
 
+DIAGNOSIS_COLUMNS = ["run", "agent_steps", "running_mean", "game_score", "game_steps", "saturated", "up_share",
+                     "dead_units", "return_std", "w1_step", "w2_step", "rmsprop_scale"]
+
+
+def diagnose_snapshot(state, previous, lr, games=2):
+    """What one snapshot's network does in `games` games of its own (sampled actions, fixed seeds):
+    the share of steps with P(UP) beyond 0.02..0.98 (saturated), the share of UP actions, the share of
+    hidden units that never fired (dead), the spread of the discounted returns before they are
+    standardized; and from its weights and RMSProp cache: the mean |change| of W1's moved weights and of
+    W2 per update since the previous snapshot, and lr / sqrt(cache) (RMSProp's step per unit of
+    gradient) over W1's weights that have a cache."""
+    from pong_pg import discount_rewards, play_episode, play_weights, policy_forward_sparse
+    from workers import make_env, task_rng
+    weights = play_weights(state["model"])
+    env = make_env()
+    env.reset(seed=0)
+    episodes = [play_episode(env, weights, task_rng(0, g)) for g in range(games)]
+    env.close()
+    ps, fired = [], np.zeros(len(weights["W2"]), bool)
+    for e in episodes:
+        for t in range(e.steps):
+            frame = slice(e.indptr[t], e.indptr[t + 1])
+            p, h = policy_forward_sparse(weights, e.idx[frame].astype(np.intp), e.vals[frame].astype(np.float32))
+            ps.append(p)
+            fired |= h > 0
+    ps = np.array(ps)
+    returns = np.concatenate([discount_rewards(e.rewards, 0.99) for e in episodes])
+    row = {"agent_steps": state["total_steps"], "running_mean": state["running_mean"],
+           "game_score": np.mean([e.score for e in episodes]), "game_steps": np.mean([e.steps for e in episodes]),
+           "saturated": np.mean((ps < 0.02) | (ps > 0.98)),
+           "up_share": np.mean(np.concatenate([e.up for e in episodes])),
+           "dead_units": 1 - fired.mean(), "return_std": returns.std(), "w1_step": None, "w2_step": None}
+    if previous is not None and state["updates"] > previous["updates"]:
+        updates = state["updates"] - previous["updates"]
+        moved = state["model"]["W1"] != previous["model"]["W1"]
+        row["w1_step"] = np.abs(state["model"]["W1"] - previous["model"]["W1"])[moved].mean() / updates
+        row["w2_step"] = np.abs(state["model"]["W2"] - previous["model"]["W2"]).mean() / updates
+    cache = state["cache"]["W1"][state["cache"]["W1"] > 0]
+    row["rmsprop_scale"] = float(np.median(lr / (np.sqrt(cache) + 1e-5))) if cache.size else None
+    return row
+
+
+def diagnose(args):
+    rows = []
+    for name in args.runs:
+        directory = os.path.join(RUNS, name)
+        candidate = name.rsplit("-w", 1)[0]
+        lr = float(CANDIDATES[candidate][CANDIDATES[candidate].index("--lr") + 1]) if "--lr" in CANDIDATES[candidate] \
+            else 1e-3
+        paths = sorted(glob.glob(os.path.join(directory, "snapshots", "*.pkl")),
+                       key=lambda p: int(re.search(r"(\d+)\.pkl$", p).group(1)))
+        previous = None
+        for path in paths:
+            state = checkpoint.load(path)
+            rows.append(dict(run=name, **diagnose_snapshot(state, previous, lr)))
+            previous = state
+            print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()),
+                  flush=True)
+    os.makedirs(KEPT, exist_ok=True)
+    path = os.path.join(KEPT, "diagnosis.csv")
+    kept = [r for r in read_csv(path) if r["run"] not in args.runs] if os.path.exists(path) else []
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, DIAGNOSIS_COLUMNS)
+        writer.writeheader()
+        writer.writerows(kept + rows)
+    print(f"wrote {path}")
+    plot_diagnosis(read_csv(path), os.path.join(ROOT, "bench", "beat_the_ai_diagnosis.png"))
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_diagnosis(rows, path):
+    """One panel per measure against agent steps, a line per run; runs past 0 by 4M steps solid,
+    the others dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    measures = [("running_mean", "running mean score"), ("saturated", "steps with P(UP) < 0.02 or > 0.98"),
+                ("up_share", "share of UP actions"), ("dead_units", "hidden units that never fire"),
+                ("return_std", "spread of the returns"), ("w1_step", "mean |W1 step| per update")]
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), dpi=90)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, run in enumerate(runs):
+        own = [r for r in rows if r["run"] == run and r["running_mean"] not in ("", "None")]
+        steps = [int(r["agent_steps"]) / 1e6 for r in own]
+        fast = any(float(r["running_mean"]) >= 0 and int(r["agent_steps"]) <= 4e6 for r in own)
+        for ax, (key, label) in zip(axes.flat, measures, strict=True):
+            values = [float(r[key]) if r[key] not in ("", "None") else np.nan for r in own]
+            ax.plot(steps, values, color=colors[i % len(colors)], ls="-" if fast else "--", lw=1.2,
+                    label=run if key == "running_mean" else None)
+            ax.set_title(label, fontsize=9)
+            ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("agent steps (millions)")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"wrote {path}")
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -225,10 +330,14 @@ def main():
     r.add_argument("--keep-every", type=float, default=5e5, help="agent steps between snapshots")
     r.add_argument("--nice", type=int, default=10)
     sub.add_parser("report", help="the table and the picture of the kept logs")
+    d = sub.add_parser("diagnose", help="what the kept snapshots of these runs show (bench/beat_the_ai/diagnosis.csv)")
+    d.add_argument("runs", nargs="+", help="run names, e.g. defaults-w1-s0")
     args = ap.parse_args()
     if args.command == "run":
         args.seeds = sorted({s for group in args.seeds for s in group})
         run(args)
+    elif args.command == "diagnose":
+        diagnose(args)
     else:
         report(args)
 
