@@ -154,7 +154,7 @@ def milestones(rows):
 def kept_runs():
     """{setting: [(name, rows)]} of every kept log in bench/beat_the_ai/, setting = NAME less its seed."""
     runs = {}
-    for path in sorted(glob.glob(os.path.join(KEPT, "*.csv"))):
+    for path in sorted(glob.glob(os.path.join(KEPT, "*-w*-s*.csv"))):
         name = os.path.basename(path)[:-4]
         runs.setdefault(name.rsplit("-s", 1)[0], []).append((name, read_log(path)))
     return runs
