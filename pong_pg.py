@@ -525,7 +525,7 @@ def train_plain(args, state, paths, saves):
     """The 2016 script's loop (--plain), in one process, float64 and dense: play an episode, recording
     x, h, y - p and the rewards; every batch_size episodes, the batch's advantages, the backward pass one
     episode at a time into a gradient buffer, one RMSProp step. It computes what train() computes with
-    one worker (tests/test_algorithm.py). Returns why it ended ("done" or a stop signal's name), the
+    one worker (tests/test_plain.py). Returns why it ended ("done" or a stop signal's name), the
     unfinished batch (a list of PlainEpisode) and the clock."""
     hyper, per_episode = state["hyper"], state["hyper"]["standardize"] == "episode"
     model = state["model"] = {k: v.astype(np.float64) for k, v in state["model"].items()}   # as in the post
@@ -581,8 +581,8 @@ PATCH_AT_MOST = 0.75    # of W1's rows: a patch that would change more sends all
 @dataclass
 class WeightsSnapshot:
     """The weights the workers play with (play_weights()), numbered by the updates they have had, and
-    which pixels' columns of W1 each recent update changed ({version: bool mask of pixels}): the other columns kept
-    their weights, so a worker holding an older version needs only the changed rows of W1T."""
+    which pixels' columns of W1 each recent update changed ({version: bool mask of pixels}): the other
+    columns kept their weights, so a worker holding an older version needs only the changed rows of W1T."""
     version: int
     weights: dict
     changed: dict
