@@ -887,7 +887,8 @@ def load_state(path):
     try:
         BatchGradient.from_state(state["batch"], state["hyper"]["hidden"],
                                  bool(state["batch"] and state["batch"].get("per_episode", False)))
-        for e in episodes_of_plain_batch(dict(state, plain_batch=state.setdefault("plain_batch", None))):
+        state.setdefault("plain_batch", None)                    # checkpoints from before --plain
+        for e in episodes_of_plain_batch(dict(state)):           # (a copy: the state keeps its batch)
             if not (len(e.indptr) == e.steps + 1 == len(e.rewards) + 1 and e.indptr[-1] == len(e.idx) == len(e.vals)
                     and np.all(np.diff(e.indptr) >= 0) and np.all((e.idx >= 0) & (e.idx < D))):
                 raise ValueError("an unfinished episode does not decode")

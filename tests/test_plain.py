@@ -119,3 +119,15 @@ def test_the_readme_links_to_the_line_where_the_algorithm_starts():
         line = int(re.search(r"\(pong_pg\.py#L(\d+)\)", f.read()).group(1))
     with open(os.path.join(ROOT, "pong_pg.py")) as f:
         assert "ALGORITHM" in f.read().splitlines()[line - 1]
+
+
+def test_a_damaged_unfinished_plain_batch_is_refused_in_one_line(tmp_path):
+    assert run("--plain", "--episodes", 1, "--batch-size", 2, "--checkpoint-dir", tmp_path).returncode == 0
+    state = saved(tmp_path)
+    state["plain_batch"]["0"]["indptr"] = state["plain_batch"]["0"]["indptr"][:-5]     # steps lost
+    checkpoint.save(tmp_path / "pong_pg.pkl", state)
+    for flags in (["--plain"], []):
+        result = run(*flags, "--resume", "--episodes", 1, "--checkpoint-dir", tmp_path)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip() == (f"pong_pg: error: checkpoint {tmp_path / 'pong_pg.pkl'} is damaged: its "
+                                         f"unfinished batch does not decode")
