@@ -288,8 +288,8 @@ def read_csv(path):
 
 
 def plot_diagnosis(rows, path):
-    """One panel per measure against agent steps, a line per run; runs past 0 by 4M steps solid,
-    the others dashed."""
+    """One panel per measure against agent steps, a line per run: solid for a run whose running mean
+    passed 0 within 4M agent steps, dashed for the others."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -302,7 +302,8 @@ def plot_diagnosis(rows, path):
     for i, run in enumerate(runs):
         own = [r for r in rows if r["run"] == run and r["running_mean"] not in ("", "None")]
         steps = [int(r["agent_steps"]) / 1e6 for r in own]
-        fast = any(float(r["running_mean"]) >= 0 and int(r["agent_steps"]) <= 4e6 for r in own)
+        hit = first_reaching(read_log(os.path.join(RUNS, run, "log.csv")), 0)
+        fast = hit is not None and int(hit["total_steps"]) <= 4e6
         for ax, (key, label) in zip(axes.flat, measures, strict=True):
             values = [float(r[key]) if r[key] not in ("", "None") else np.nan for r in own]
             ax.plot(steps, values, color=colors[i % len(colors)], ls="-" if fast else "--", lw=1.2,
@@ -312,6 +313,7 @@ def plot_diagnosis(rows, path):
     for ax in axes[1]:
         ax.set_xlabel("agent steps (millions)")
     axes[0][0].legend(fontsize=6)
+    fig.suptitle("solid: the running mean passed 0 within 4M agent steps; dashed: not", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
