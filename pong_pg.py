@@ -58,6 +58,7 @@ LEARNING_RATE = 1e-3    # RMSProp step size (the 2016 script: 1e-4)
 GAMMA = 0.99            # reward discount
 DECAY_RATE = 0.9        # RMSProp decay of the squared-gradient average (the 2016 script: 0.99)
 EPSILON = 1e-5          # RMSProp: avoids division by zero
+ENTROPY = 0.0           # weight of the entropy bonus: beta * sum_t H(P(UP | x_t)) joins the objective
 SAVE_EVERY = 100        # episodes between checkpoints
 PICTURES_EVERY = 300    # seconds between redrawing the pictures at a checkpoint (the learner waits meanwhile)
 RUNNING_MEAN_DECAY = 0.99   # the running mean score: 0.99 * old + 0.01 * episode score
@@ -85,6 +86,14 @@ def init_model(hidden, rng):
 
 def sigmoid(z):
     return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))    # clipped: no overflow; sigmoid(50) is 1 in float64
+
+
+def entropy_gradient(z):
+    """dH/dz of H = -p log p - (1-p) log(1-p), p = sigmoid(z) (the policy's entropy at logit z): -z p (1-p).
+    Clipped as sigmoid is; it pulls P(UP) back towards 1/2."""
+    z = np.clip(z, -50, 50)
+    p = sigmoid(z)
+    return -z * p * (1 - p)
 
 
 def policy_forward(model, x):
@@ -251,6 +260,7 @@ def standardize(returns):
 #
 # REINFORCE ascends  J = sum_t A_t log pi(a_t | x_t).  With the "fake label" y_t = 1 for UP, 0 for
 # DOWN, d log pi / d logit = y_t - p_t, so the gradient at the logit is dlogit_t = A_t (y_t - p_t).
+# With an entropy bonus (--entropy beta), J gains beta * sum_t H_t, and dlogit_t beta * entropy_gradient(z_t).
 
 def policy_backward(model, hs, xs, dlogits):
     """The plain backward pass, as the 2016 script wrote it. hs (T,H), xs (T,6400), dlogits (T,)."""
@@ -264,15 +274,16 @@ def policy_backward(model, hs, xs, dlogits):
 CHUNK_STEPS = 128    # steps per slice in the sparse backward pass (bounds its memory)
 
 
-def accumulate_sparse_gradients(W1T, W2, indptr, idx, vals, up, coefs, dW1T, dW2, row=None):
+def accumulate_sparse_gradients(W1T, W2, indptr, idx, vals, up, coefs, dW1T, dW2, row=None, entropy=False):
     """The same backward pass on sparse frames, for K weightings at once: adds the gradient of
     sum_t coefs[t, k] log pi(a_t | x_t) for each column k of coefs (T, K) into dW1T (6400, K*H;
-    column k*H + i is hidden unit i of weighting k) and dW2 (K, H). row: the row of dW1T that holds
+    column k*H + i is hidden unit i of weighting k) and dW2 (K, H); with entropy, the gradient of
+    sum_t H_t (the policy's entropy) as one more weighting, the last. row: the row of dW1T that holds
     each pixel (default: row = pixel), so that dW1T may hold only the pixels the frames touch.
 
     Frames are in CSR form (Episode.frames). A slice of CHUNK_STEPS steps touches a few hundred
     distinct pixels: their columns of W1 make a small dense problem, a few small matrix products."""
-    H, K, dtype = W1T.shape[1], coefs.shape[1], W1T.dtype
+    H, K, dtype = W1T.shape[1], coefs.shape[1] + entropy, W1T.dtype
     column = np.empty(D, np.intp)                                    # pixel -> its column in X
     for a in range(0, len(up), CHUNK_STEPS):
         b = min(a + CHUNK_STEPS, len(up))
@@ -285,8 +296,11 @@ def accumulate_sparse_gradients(W1T, W2, indptr, idx, vals, up, coefs, dW1T, dW2
         X = np.zeros((b - a, len(pixels)), dtype)                    # the slice's frames, those pixels only
         X[rows, column[idx[ea:eb]]] = vals[ea:eb]
         h = np.maximum(X @ W1T[pixels], 0)                           # h_t = relu(W1 x_t)
-        p = sigmoid(h @ W2)
+        z = h @ W2
+        p = sigmoid(z)
         dlogit = ((up[a:b] - p)[:, None] * coefs[a:b]).astype(dtype)  # (steps, K): c_tk (y_t - p_t)
+        if entropy:
+            dlogit = np.concatenate([dlogit, entropy_gradient(z)[:, None].astype(dtype)], axis=1)   # dH_t/dz_t
         dW2 += dlogit.T @ h                                          # dW2_k += sum_t dlogit_tk h_t
         dh = (dlogit[:, :, None] * W2) * (h > 0)[:, None, :]         # back through W2 and the relu
         dW1T[pixels if row is None else row[pixels]] += X.T @ dh.reshape(b - a, K * H)   # dW1_k += sum_t dh_tk x_t^T
@@ -304,13 +318,16 @@ def batch_advantages(episodes, gamma, per_episode=False):
     return np.split(together, np.cumsum([len(R) for R in returns])[:-1])
 
 
-def batch_gradient_plain(model, episodes, gamma, per_episode=False):
-    """The gradient of sum_t A_t log pi(a_t | x_t) over a batch of PlainEpisodes played with model:
-    the advantages of the whole batch first, then the backward pass one episode at a time into a
-    gradient buffer, as the 2016 script does (so that only one episode's x is ever held as floats)."""
+def batch_gradient_plain(model, episodes, gamma, per_episode=False, entropy=0.0):
+    """The gradient of sum_t A_t log pi(a_t | x_t) (+ entropy * sum_t H_t) over a batch of PlainEpisodes
+    played with model: the advantages of the whole batch first, then the backward pass one episode at
+    a time into a gradient buffer, as the 2016 script does (so that only one episode's x is ever held
+    as floats)."""
     grad_buffer = {k: np.zeros_like(v) for k, v in model.items()}
     for episode, advantages in zip(episodes, batch_advantages(episodes, gamma, per_episode), strict=True):
         dlogits = advantages * episode.dlogps             # modulate the gradient with the advantage
+        if entropy:
+            dlogits = dlogits + entropy * entropy_gradient(episode.hs @ model["W2"])   # the entropy bonus
         grad = policy_backward(model, episode.hs, episode.xs.astype(model["W1"].dtype), dlogits)
         for k in model:
             grad_buffer[k] += grad[k]                     # accumulate over the batch
@@ -323,18 +340,19 @@ class EpisodeSums:
     sums are zero): sums_W1T[:, :H] = (sum_t R_t g_t).T and sums_W1T[:, H:] = (sum_t g_t).T in those
     rows, the same two sums for W2, sum R, sum R^2; and the episode's steps and score for the log."""
     pixels: np.ndarray        # (P,) int16: the pixels the episode's difference frames touched, sorted
-    sums_W1T: np.ndarray      # (P, 2H) float32
-    sums_W2: np.ndarray       # (2, H) float64
+    sums_W1T: np.ndarray      # (P, 2H) float32; (P, 3H) with the entropy bonus's sum_t dH_t last
+    sums_W2: np.ndarray       # (2, H) float64; (3, H) with it
     sum_R: float
     sum_R2: float
     steps: int
     score: int
 
 
-def episode_sums(weights, episode, gamma, per_episode=False):
+def episode_sums(weights, episode, gamma, per_episode=False, entropy=False):
     """EpisodeSums of an episode played with weights = play_weights(model): its returns R_t and the
-    backward pass of sum_t R_t log pi(a_t|x_t) and of sum_t log pi(a_t|x_t), on the touched pixels.
-    per_episode: R standardized within the episode (the 2016 script's way), so its first sums are A g."""
+    backward pass of sum_t R_t log pi(a_t|x_t) and of sum_t log pi(a_t|x_t), on the touched pixels
+    (with entropy, that of sum_t H_t too). per_episode: R standardized within the episode (the 2016
+    script's way), so its first sums are A g."""
     R = discount_rewards(episode.rewards, gamma)
     if per_episode:
         R = standardize(R)                                           # A_t over this episode alone
@@ -345,18 +363,19 @@ def episode_sums(weights, episode, gamma, per_episode=False):
     row[pixels] = np.arange(len(pixels))                             # each touched pixel's row in the sums
     H = len(weights["W2"])
     # the W1 sums in float32, the slices' products' type: adding them takes half the memory traffic
-    sums_W1T, sums_W2 = np.zeros((len(pixels), 2 * H), weights["W1T"].dtype), np.zeros((2, H))
+    sums = 2 + entropy
+    sums_W1T, sums_W2 = np.zeros((len(pixels), sums * H), weights["W1T"].dtype), np.zeros((sums, H))
     accumulate_sparse_gradients(weights["W1T"], weights["W2"], *episode.frames, episode.up,
-                                np.stack([R, np.ones_like(R)], axis=1), sums_W1T, sums_W2, row)
+                                np.stack([R, np.ones_like(R)], axis=1), sums_W1T, sums_W2, row, entropy)
     return EpisodeSums(pixels.astype(np.int16), sums_W1T, sums_W2, float(R.sum()),
                        float((R * R).sum()), episode.steps, episode.score)
 
 
-def play_for_batch(env, weights, rng, greedy=False, *, gamma, per_episode):
+def play_for_batch(env, weights, rng, greedy=False, *, gamma, per_episode, entropy):
     """What a worker does while training: play an episode (with the weights it holds, which may be an
     update older than the newest), then compute its EpisodeSums with those same weights, so the
     learner only adds them up."""
-    return episode_sums(weights, play_episode(env, weights, rng, greedy), gamma, per_episode)
+    return episode_sums(weights, play_episode(env, weights, rng, greedy), gamma, per_episode, entropy)
 
 
 class BatchGradient:
@@ -370,12 +389,13 @@ class BatchGradient:
     in float32 like the weights and the episodes' sums they add up (half the memory traffic of float64).
 
     per_episode (the 2016 script's way, --preset 2016): each episode's returns are standardized on
-    their own, so its R is already A and the first sums are the gradient."""
+    their own, so its R is already A and the first sums are the gradient. entropy: the weight of the
+    entropy bonus, whose sum_t dH_t the episodes add as a third sum."""
 
-    def __init__(self, hidden, per_episode=False):
-        self.per_episode = per_episode
-        self.sums_W1T = np.zeros((D, 2 * hidden), np.float32)
-        self.sums_W2 = np.zeros((2, hidden))
+    def __init__(self, hidden, per_episode=False, entropy=0.0):
+        self.per_episode, self.entropy = per_episode, entropy
+        self.sums_W1T = np.zeros((D, (2 + (entropy > 0)) * hidden), np.float32)
+        self.sums_W2 = np.zeros((2 + (entropy > 0), hidden))
         self.touched = np.zeros(D, bool)                 # the pixels whose sums may be nonzero
         self.reset()
 
@@ -400,23 +420,29 @@ class BatchGradient:
 
     def add_episode(self, weights, episode, gamma):
         """Add an episode played with weights = play_weights() (its sums computed here)."""
-        self.add(episode_sums(weights, episode, gamma, self.per_episode))
+        self.add(episode_sums(weights, episode, gamma, self.per_episode, self.entropy > 0))
 
     def pixels(self):
         """The pixels the batch's frames touched, sorted: W1's gradient is zero in the other columns."""
         return self.touched.nonzero()[0]
 
     def gradient(self, pixels=slice(None)):
-        """{"W1", "W2"}: sum_t A_t g_t over the batch; "W1" only for the columns of these pixels."""
+        """{"W1", "W2"}: sum_t A_t g_t (+ entropy * sum_t dH_t) over the batch; "W1" only for the
+        columns of these pixels."""
         H = self.sums_W2.shape[1]
         sums = self.sums_W1T[pixels]
         if self.per_episode:
-            return {"W1": sums[:, :H].T.copy(), "W2": self.sums_W2[0].copy()}
-        mean = self.sum_R / self.steps
-        std = max(np.sqrt(max(self.sum_R2 / self.steps - mean * mean, 0.0)), 1e-8)
-        W1T = sums[:, :H] - mean * sums[:, H:]
-        W1T /= std
-        return {"W1": W1T.T, "W2": (self.sums_W2[0] - mean * self.sums_W2[1]) / std}
+            W1T, W2 = sums[:, :H].copy(), self.sums_W2[0].copy()
+        else:
+            mean = self.sum_R / self.steps
+            std = max(np.sqrt(max(self.sum_R2 / self.steps - mean * mean, 0.0)), 1e-8)
+            W1T = sums[:, :H] - mean * sums[:, H:2 * H]
+            W1T /= std
+            W2 = (self.sums_W2[0] - mean * self.sums_W2[1]) / std
+        if self.entropy:
+            W1T += self.entropy * sums[:, 2 * H:]                      # the entropy bonus
+            W2 = W2 + self.entropy * self.sums_W2[2]
+        return {"W1": W1T.T, "W2": W2}
 
     def state(self):
         """The unfinished batch as a checkpoint keeps it, compactly: the W1 sums of the pixels the
@@ -424,18 +450,21 @@ class BatchGradient:
         pixels = self.pixels()
         return {"pixels": pixels.astype(np.int16), "sums_W1T": self.sums_W1T[pixels],
                 "sums_W2": self.sums_W2.copy(), "sum_R": self.sum_R, "sum_R2": self.sum_R2,
-                "steps": self.steps, "episodes": self.episodes, "per_episode": self.per_episode}
+                "steps": self.steps, "episodes": self.episodes, "per_episode": self.per_episode,
+                "entropy": self.entropy}
 
     @classmethod
-    def from_state(cls, state, hidden, per_episode=False):
-        """The batch of state(), or an empty one for None. ValueError if it does not fit hidden."""
-        batch = cls(hidden, per_episode)
+    def from_state(cls, state, hidden, per_episode=False, entropy=0.0):
+        """The batch of state(), or an empty one for None. ValueError if it does not fit hidden, or
+        was summed for other settings."""
+        batch = cls(hidden, per_episode, entropy)
         if state is None:
             return batch
-        if bool(state.get("per_episode", False)) != per_episode:
-            raise ValueError("the unfinished batch's returns were standardized the other way")
+        if settings_of(state) != (per_episode, entropy):
+            raise ValueError("the unfinished batch was summed for other settings")
         pixels = state.get("pixels", slice(None))        # older checkpoints keep every pixel's sums
-        if np.shape(state["sums_W1T"])[1:] != (2 * hidden,) or np.shape(state["sums_W2"]) != (2, hidden):
+        sums = batch.sums_W2.shape[0]
+        if np.shape(state["sums_W1T"])[1:] != (sums * hidden,) or np.shape(state["sums_W2"]) != (sums, hidden):
             raise ValueError("the unfinished batch's sums do not fit the network")
         batch.sums_W1T[pixels] = state["sums_W1T"]
         batch.touched[pixels] = True
@@ -443,6 +472,11 @@ class BatchGradient:
         batch.sum_R, batch.sum_R2 = float(state["sum_R"]), float(state["sum_R2"])
         batch.steps, batch.episodes = int(state["steps"]), int(state["episodes"])
         return batch
+
+
+def settings_of(batch_state):
+    """(per_episode, entropy): the settings an unfinished batch's sums were computed for."""
+    return bool(batch_state.get("per_episode", False)), float(batch_state.get("entropy", 0.0))
 
 
 # ---------------------------------------------------------------- 7. RMSProp
@@ -553,7 +587,7 @@ def train_plain(args, state, paths, saves):
 
             # -- update: every batch_size episodes, the batch's gradient and one RMSProp step
             if len(episodes) >= hyper["batch_size"]:
-                grad = batch_gradient_plain(model, episodes, hyper["gamma"], per_episode)
+                grad = batch_gradient_plain(model, episodes, hyper["gamma"], per_episode, hyper["entropy"])
                 if not finite(*grad.values()):
                     raise FloatingPointError("the gradient is not finite")
                 rmsprop_step(model, cache, grad, learning_rate(state), hyper["decay_rate"], EPSILON)
@@ -611,10 +645,11 @@ def train(args, state, paths, saves):
     for part in ("model", "cache"):     # float32, W1 stored pixel by pixel: update() steps its columns
         state[part] = {k: (pixel_major(v) if k == "W1" else v).astype(np.float32) for k, v in state[part].items()}
     model, cache = state["model"], state["cache"]
-    if state["batch"] and bool(state["batch"].get("per_episode", False)) != per_episode:
-        print("note: the unfinished batch's returns were standardized the other way: it is dropped")
+    if state["batch"] and settings_of(state["batch"]) != (per_episode, hyper["entropy"]):
+        print("note: the unfinished batch was summed with other settings (returns standardized per batch or "
+              "per episode, the entropy bonus): it is dropped")
         state["batch"] = None
-    batch = BatchGradient.from_state(state["batch"], hyper["hidden"], per_episode)
+    batch = BatchGradient.from_state(state["batch"], hyper["hidden"], per_episode, hyper["entropy"])
     for episode in episodes_of_plain_batch(state):       # a batch begun by --plain goes on here
         batch.add_episode(play_weights(model), episode, hyper["gamma"])
     changed = {}                        # book-keeping: {version: the pixels its update changed}
@@ -624,7 +659,8 @@ def train(args, state, paths, saves):
     last_pictures = None
     window_start, window_steps, lag = time.time(), 0, 0    # book-keeping for the per-update report
     print_start(state, f"with {args.workers} worker(s)")
-    play = functools.partial(play_for_batch, gamma=hyper["gamma"], per_episode=per_episode)
+    play = functools.partial(play_for_batch, gamma=hyper["gamma"], per_episode=per_episode,
+                             entropy=hyper["entropy"] > 0)
     with WorkerPool(args.workers, play, hyper["seed"], state["next_task"],
                     render_first=args.render) as pool, EpisodeLog(paths["log"], state["log_pending"]) as log:
         try:
@@ -693,7 +729,8 @@ def print_start(state, how):
     hyper = state["hyper"]
     print(f"training {how}, from episode {state['episode'] + 1}; lr {hyper['lr']}, batch {hyper['batch_size']}, "
           f"gamma {hyper['gamma']}, decay {hyper['decay_rate']}, returns standardized per {hyper['standardize']}, "
-          f"{hyper['hidden']} hidden units, seed {hyper['seed']}")
+          f"{hyper['hidden']} hidden units, seed {hyper['seed']}"
+          + (f", entropy bonus {hyper['entropy']}" if hyper["entropy"] else ""))
 
 
 def wanted(state, pool, last_episode):
@@ -725,7 +762,7 @@ LOG_FILE = "log.csv"
 SHIPPED_AGENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "pretrained.pkl")
 LOG_COLUMNS = ["episode", "score", "running_mean", "steps", "total_steps", "update", "wall_seconds"]
 HYPER_FLAGS = {"hidden": HIDDEN, "batch_size": BATCH_SIZE, "lr": LEARNING_RATE, "gamma": GAMMA,
-               "decay_rate": DECAY_RATE, "standardize": "batch"}
+               "decay_rate": DECAY_RATE, "standardize": "batch", "entropy": ENTROPY}
 PRESETS = {"2016": {"lr": 1e-4, "decay_rate": 0.99, "standardize": "episode"}}   # the 2016 script's settings
 
 
@@ -748,6 +785,7 @@ nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
 unit_interval = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
 decay_interval = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
+nonnegative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
 def available_cores():
@@ -781,6 +819,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=positive_float, help=f"learning rate (default: {LEARNING_RATE})")
     p.add_argument("--gamma", type=unit_interval, help=f"reward discount (default: {GAMMA})")
     p.add_argument("--decay-rate", type=decay_interval, help=f"RMSProp decay (default: {DECAY_RATE})")
+    p.add_argument("--entropy", type=nonnegative_float, metavar="BETA", help="weight of an entropy bonus, "
+                   f"BETA * sum_t H(P(UP)), which keeps P(UP) from 0 and 1 (default: {ENTROPY}: none)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="2016: train as the 2016 script does: learning "
                    "rate 1e-4, RMSProp decay 0.99, returns standardized per episode (flags given win)")
     p.set_defaults(standardize=None)
@@ -874,6 +914,7 @@ def load_state(path):
             if not isinstance(state[k], int) or state[k] < 0:
                 raise CheckpointError(f"checkpoint {path} is damaged: bad {k}")
         state["hyper"].setdefault("standardize", "batch")     # checkpoints from before the switch
+        state["hyper"].setdefault("entropy", 0.0)             # and from before the entropy bonus
         for k in HYPER_FLAGS:
             state["hyper"][k]
         state.setdefault("log_pending", [])
@@ -886,7 +927,7 @@ def load_state(path):
         raise CheckpointError(f"checkpoint {path} is damaged: it lacks part of the training state") from None
     try:
         BatchGradient.from_state(state["batch"], state["hyper"]["hidden"],
-                                 bool(state["batch"] and state["batch"].get("per_episode", False)))
+                                 *(settings_of(state["batch"]) if state["batch"] else (False, 0.0)))
         state.setdefault("plain_batch", None)                    # checkpoints from before --plain
         for e in episodes_of_plain_batch(dict(state)):           # (a copy: the state keeps its batch)
             if not (len(e.indptr) == e.steps + 1 == len(e.rewards) + 1 and e.indptr[-1] == len(e.idx) == len(e.vals)

@@ -40,6 +40,8 @@ CANDIDATES = {                      # name: the flags it adds to `python pong_pg
     "defaults": [],
     "lr-2e-3": ["--lr", "2e-3"],
     "lr-3e-3": ["--lr", "3e-3"],
+    "lr-3e-3-entropy-0.05": ["--lr", "3e-3", "--entropy", "0.05"],
+    "lr-3e-3-entropy-0.2": ["--lr", "3e-3", "--entropy", "0.2"],
 }
 MILESTONES = (-15, -10, -5, 0)
 RUNS = os.path.join(ROOT, "runs", "beat_the_ai")
@@ -260,8 +262,8 @@ def diagnose(args):
     for name in args.runs:
         directory = os.path.join(RUNS, name)
         candidate = name.rsplit("-w", 1)[0]
-        lr = float(CANDIDATES[candidate][CANDIDATES[candidate].index("--lr") + 1]) if "--lr" in CANDIDATES[candidate] \
-            else 1e-3
+        flags = CANDIDATES[candidate]
+        lr = float(flags[flags.index("--lr") + 1]) if "--lr" in flags else 1e-3
         paths = sorted(glob.glob(os.path.join(directory, "snapshots", "*.pkl")),
                        key=lambda p: int(re.search(r"(\d+)\.pkl$", p).group(1)))
         previous = None

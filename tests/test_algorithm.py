@@ -32,11 +32,12 @@ from preprocess import D
 from workers import game_step, make_env, task_rng
 
 
-def sparse_backward(W1, W2, indptr, idx, vals, up, coefs):
+def sparse_backward(W1, W2, indptr, idx, vals, up, coefs, entropy=False):
     """accumulate_sparse_gradients into new arrays: dW1 (K, H, 6400) and dW2 (K, H), float64."""
-    H, K = W1.shape[0], coefs.shape[1]
+    H, K = W1.shape[0], coefs.shape[1] + entropy
     dW1T, dW2 = np.zeros((D, K * H)), np.zeros((K, H))
-    accumulate_sparse_gradients(np.ascontiguousarray(W1.T), W2, indptr, idx, vals, up, coefs, dW1T, dW2)
+    accumulate_sparse_gradients(np.ascontiguousarray(W1.T), W2, indptr, idx, vals, up, coefs, dW1T, dW2,
+                                entropy=entropy)
     return dW1T.reshape(D, K, H).transpose(1, 2, 0), dW2
 
 
@@ -51,10 +52,11 @@ def plain_episode(model, X, up, rewards):
     return PlainEpisode(X.astype(np.int8), hs, ys, ys - sigmoid(hs @ model["W2"]), rewards)
 
 
-def log_prob_objective(model, X, up, advantages):
-    """J(W) = sum_t A_t log pi(a_t | x_t), computed directly from the forward pass."""
+def log_prob_objective(model, X, up, advantages, entropy=0.0):
+    """J(W) = sum_t A_t log pi(a_t | x_t) + entropy * sum_t H(p_t), computed directly from the forward pass."""
     p = sigmoid(np.maximum(X @ model["W1"].T, 0) @ model["W2"])
-    return np.sum(advantages * np.where(up == 1, np.log(p), np.log(1 - p)))
+    H = -(p * np.log(p) + (1 - p) * np.log(1 - p))
+    return np.sum(advantages * np.where(up == 1, np.log(p), np.log(1 - p))) + entropy * H.sum()
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,23 @@ def test_sparse_backward_matches_finite_differences(episode):
     check_against_finite_differences(model, {"W1": dW1[0], "W2": dW2[0]}, X, up, advantages)
 
 
-def check_against_finite_differences(model, grad, X, up, advantages, h=1e-5):
+def test_the_entropy_bonus_matches_finite_differences_plain_and_sparse(episode):
+    """J + beta * sum_t H_t: the plain batch gradient (entropy_gradient at the logit) and the sparse
+    backward pass's extra weighting both agree with finite differences, on a network with opinions
+    (W2 scaled up: P(UP) far from 1/2, where the bonus pulls)."""
+    frames, X, up, rewards = episode
+    model = model64()
+    model["W2"] *= 20
+    advantages = standardize(discount_rewards(rewards, 0.99))
+    plain = batch_gradient_plain(model, [plain_episode(model, X, up, rewards)], 0.99, entropy=0.5)
+    check_against_finite_differences(model, plain, X, up, advantages, entropy=0.5)
+    dW1, dW2 = sparse_backward(model["W1"], model["W2"], *frames, up, advantages[:, None], entropy=True)
+    sparse = {"W1": dW1[0] + 0.5 * dW1[1], "W2": dW2[0] + 0.5 * dW2[1]}
+    check_against_finite_differences(model, sparse, X, up, advantages, entropy=0.5)
+    assert np.abs(dW2[1]).max() > 0.05 * np.abs(dW2[0]).max()        # the bonus is not negligible here
+
+
+def check_against_finite_differences(model, grad, X, up, advantages, h=1e-5, entropy=0.0):
     rng = np.random.default_rng(2)
     active_pixels = np.flatnonzero(np.abs(X).sum(0))
     coords = [("W1", (rng.integers(200), rng.choice(active_pixels))) for _ in range(25)]
@@ -109,9 +127,9 @@ def check_against_finite_differences(model, grad, X, up, advantages, h=1e-5):
     for name, where in coords:
         old = model[name][where]
         model[name][where] = old + h
-        plus = log_prob_objective(model, X, up, advantages)
+        plus = log_prob_objective(model, X, up, advantages, entropy)
         model[name][where] = old - h
-        minus = log_prob_objective(model, X, up, advantages)
+        minus = log_prob_objective(model, X, up, advantages, entropy)
         model[name][where] = old
         numeric = (plus - minus) / (2 * h)
         analytic = grad[name][where]
@@ -153,7 +171,8 @@ def test_sparse_backward_equals_dense_backward_float32(episode):
         np.testing.assert_allclose(dW2[k], ref["W2"], atol=1e-5 * np.abs(ref["W2"]).max())
 
 
-def test_batch_gradient_equals_the_plain_batch_gradient(episode):
+@pytest.mark.parametrize("entropy", [0.0, 0.05])
+def test_batch_gradient_equals_the_plain_batch_gradient(episode, entropy):
     """BatchGradient (sums per episode, standardized at the end) = batch_gradient_plain (the returns of
     all the batch's steps standardized together, then the dense backward pass episode by episode)."""
     frames, X, up, rewards = episode
@@ -162,14 +181,14 @@ def test_batch_gradient_equals_the_plain_batch_gradient(episode):
     m64 = {k: v.astype(np.float64) for k, v in model.items()}
     weights = play_weights(model)
     cuts = [0, 120, 250, len(up)]                     # three "episodes" of different lengths
-    batch, plain = BatchGradient(200), []
+    batch, plain = BatchGradient(200, entropy=entropy), []
     for a, b in zip(cuts[:-1], cuts[1:], strict=True):
         r = rewards[a:b].copy()
         r[-1] = r[-1] or 1.0                          # each episode ends on a point
         batch.add_episode(weights, Episode(indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]],
                                            vals[indptr[a]:indptr[b]], up[a:b], r), 0.99)
         plain.append(plain_episode(m64, X[a:b], up[a:b], r))
-    ref = batch_gradient_plain(m64, plain, 0.99)
+    ref = batch_gradient_plain(m64, plain, 0.99, entropy=entropy)
     grad = batch.gradient()
     assert batch.episodes == 3 and batch.steps == len(up)
     np.testing.assert_allclose(grad["W1"], ref["W1"], atol=1e-5 * np.abs(ref["W1"]).max())

@@ -109,7 +109,7 @@ def test_resume_with_other_hidden_size_is_refused(tmp_path, one_episode_run):
 
 
 @pytest.mark.parametrize("flags", [["--lr", "-1"], ["--lr", "0"], ["--lr", "nan"], ["--batch-size", "0"],
-                                   ["--gamma", "1.5"], ["--gamma", "0"], ["--decay-rate", "1"],
+                                   ["--gamma", "1.5"], ["--gamma", "0"], ["--decay-rate", "1"], ["--entropy", "-0.1"],
                                    ["--hidden", "0"], ["--workers", "0"], ["--episodes", "-3"],
                                    ["--save-every", "x"], ["--seed", "-1"], ["--no-such-flag"]])
 def test_invalid_flags_exit_2_before_any_work(tmp_path, flags):
@@ -260,3 +260,23 @@ def test_init_from_refuses_what_cannot_start_a_run_before_writing_anything(tmp_p
     assert result.returncode == 2 and says in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 12
     assert not (tmp_path / "run").exists()
+
+
+def test_an_older_checkpoint_resumes_without_the_entropy_bonus_and_a_changed_one_drops_the_batch(tmp_path):
+    """A checkpoint from before --entropy (no such setting, an unfinished batch of two sums) resumes with
+    no bonus and keeps its batch; resumed with --entropy, the batch summed without it is dropped, said once."""
+    first = run("--episodes", 3, "--batch-size", 2, "--workers", 1, "--checkpoint-dir", tmp_path)
+    assert first.returncode == 0, first.stderr
+    state = saved(tmp_path)
+    del state["hyper"]["entropy"], state["batch"]["entropy"]
+    checkpoint.save(tmp_path / "pong_pg.pkl", state)
+    same = run("--resume", "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path)
+    assert same.returncode == 0, same.stderr
+    assert "dropped" not in same.stdout and saved(tmp_path)["hyper"]["entropy"] == 0.0
+    assert saved(tmp_path)["updates"] == 2                      # the kept episode and the new one: an update
+    run("--resume", "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path)   # one episode waits again
+    bonus = run("--resume", "--entropy", 0.05, "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path)
+    assert bonus.returncode == 0, bonus.stderr
+    assert bonus.stdout.count("summed with other settings") == 1 and "entropy bonus 0.05" in bonus.stdout
+    state = saved(tmp_path)
+    assert (state["hyper"]["entropy"], state["batch"]["entropy"], state["batch"]["episodes"]) == (0.05, 0.05, 1)

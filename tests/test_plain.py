@@ -37,7 +37,8 @@ def assert_same_training(plain_dir, fast_dir, start):
                                    atol=1e-4 * np.abs(plain["cache"][k]).max())
 
 
-@pytest.mark.parametrize("preset", [[], ["--preset", "2016"]], ids=["defaults", "preset 2016"])
+@pytest.mark.parametrize("preset", [[], ["--preset", "2016"], ["--entropy", "0.05"]],
+                         ids=["defaults", "preset 2016", "entropy bonus"])
 def test_the_plain_and_the_fast_trainer_play_the_same_games_and_make_the_same_updates(tmp_path, preset):
     """Same seed: the plain loop (RGB frames, float64, dense) and the fast trainer with one worker
     (palette screens, float32, sparse, a worker process) play the same 4 games step for step (the
