@@ -196,9 +196,13 @@ def plot(runs, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     settings = list(runs)
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4.2), dpi=100, sharey=True,
+    columns = min(4, len(settings))
+    rows = -(-len(settings) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), dpi=90, sharey=True,
                              squeeze=False)
-    for ax, setting in zip(axes[0], settings, strict=True):
+    for ax in axes.flat[len(settings):]:
+        ax.set_visible(False)
+    for ax, setting in zip(axes.flat[:len(settings)], settings, strict=True):
         for _, rows in runs[setting]:
             ax.plot([int(r["total_steps"]) / 1e6 for r in rows], [float(r["running_mean"]) for r in rows], lw=1)
         ax.axhline(0, color="gray", ls="--", lw=0.8)
@@ -206,7 +210,8 @@ def plot(runs, path):
         ax.set_xlabel("agent steps (millions)")
         ax.set_xlim(0, 8)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("running mean score")
+    for row in axes:
+        row[0].set_ylabel("running mean score")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
