@@ -650,10 +650,10 @@ def train(args, state, paths, saves):
               "per episode, the entropy bonus): it is dropped")
         state["batch"] = None
     batch = BatchGradient.from_state(state["batch"], hyper["hidden"], per_episode, hyper["entropy"])
-    for episode in episodes_of_plain_batch(state):       # a batch begun by --plain goes on here
-        batch.add_episode(play_weights(model), episode, hyper["gamma"])
     changed = {}                        # book-keeping: {version: the pixels its update changed}
     snapshot = WeightsSnapshot(state["updates"], play_weights(model), changed)
+    for episode in episodes_of_plain_batch(state):       # a batch begun by --plain goes on here
+        batch.add_episode(snapshot.weights, episode, hyper["gamma"])
     last_episode = state["episode"] + args.episodes if args.episodes else None
     clock = Clock(state["wall_seconds"])
     last_pictures = None

@@ -4,9 +4,11 @@ The policy reads the difference between consecutive preprocessed frames, so it c
 A difference frame has a few dozen nonzero pixels out of 6,400, so we keep it sparse: the flat
 indices of the pixels that changed and their values (+1 appeared, -1 disappeared).
 
-Plain first: preprocess() is the 2016 recipe on the RGB frame, sparse_difference() the difference of
-two such images. The trainer computes the same difference frames from ALE's palette-index screen
-(screen_pixels, screen_difference), where only the pixels whose palette index changed are looked at.
+Plain first: preprocess() is the 2016 recipe on the RGB frame, and dense_difference() the difference
+of two such images as the 2016 loop (pong_pg.py --plain) reads it, x = cur_x - prev_x; sparse_difference()
+is the same difference kept sparse. The fast trainer computes the same sparse difference frames from
+ALE's palette-index screen (screen_pixels, screen_difference, tested equal to sparse_difference), where
+only the pixels whose palette index changed are looked at.
 """
 import numpy as np
 
