@@ -41,7 +41,9 @@ CANDIDATES = {                      # name: the flags it adds to `python pong_pg
     "lr-2e-3": ["--lr", "2e-3"],
     "lr-3e-3": ["--lr", "3e-3"],
     "lr-3e-3-entropy-0.01": ["--lr", "3e-3", "--entropy", "0.01"],
+    "lr-3e-3-entropy-0.02": ["--lr", "3e-3", "--entropy", "0.02"],
     "lr-3e-3-entropy-0.05": ["--lr", "3e-3", "--entropy", "0.05"],
+    "lr-2e-3-entropy-0.01": ["--lr", "2e-3", "--entropy", "0.01"],
 }
 MILESTONES = (-15, -10, -5, 0)
 RUNS = os.path.join(ROOT, "runs", "beat_the_ai")
