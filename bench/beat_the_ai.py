@@ -15,7 +15,8 @@ its directory, for `diagnose`).
 
 Runs live in runs/beat_the_ai/NAME/ (checkpoint, log, snapshots); each finished run's log is copied
 to bench/beat_the_ai/NAME.csv, which `report` reads (with the logs of earlier studies it names).
-NAME is CANDIDATE-wWORKERS-sSEED.
+NAME is CANDIDATE-wWORKERS-sSEED. `run` is for Linux and macOS (it nices and stops runs with SIGINT);
+`report` and `diagnose` run anywhere.
 """
 import argparse
 import csv
@@ -35,6 +36,7 @@ import numpy as np
 from learning_curves import first_reaching, read_log
 
 import checkpoint
+from pong_pg import available_cores
 
 CANDIDATES = {                      # name: the flags it adds to `python pong_pg.py`
     "defaults": [],
@@ -83,7 +85,7 @@ class Run:
         print(f"{self.name}: {' '.join(cmd[1:])}", flush=True)
         self.out = open(os.path.join(self.directory, "out.log"), "a")    # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     preexec_fn=lambda: os.nice(self.args.nice))
+                                     preexec_fn=lambda: os.nice(self.args.nice))   # POSIX, as is SIGINT below
 
     def poll(self):
         """Keep a snapshot when the checkpoint has passed the next multiple of --keep-every; stop the run
@@ -334,7 +336,7 @@ def main():
     r = sub.add_parser("run", help="train the runs not finished yet")
     r.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES), default=["defaults"])
     r.add_argument("--seeds", type=seeds, nargs="+", default=[[0]], help="e.g. 0-9 or 0 3 5 (default: 0)")
-    r.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    r.add_argument("--workers", type=int, default=available_cores(), help="as pong_pg.py's (default: the cores)")
     r.add_argument("--side-by-side", type=int, default=1, help="runs at once (default: 1)")
     r.add_argument("--target", type=float, default=0.0)
     r.add_argument("--max-steps", type=float, default=15e6)
