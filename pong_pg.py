@@ -763,7 +763,7 @@ SHIPPED_AGENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkp
 LOG_COLUMNS = ["episode", "score", "running_mean", "steps", "total_steps", "update", "wall_seconds"]
 HYPER_FLAGS = {"hidden": HIDDEN, "batch_size": BATCH_SIZE, "lr": LEARNING_RATE, "gamma": GAMMA,
                "decay_rate": DECAY_RATE, "standardize": "batch", "entropy": ENTROPY}
-PRESETS = {"2016": {"lr": 1e-4, "decay_rate": 0.99, "standardize": "episode"}}   # the 2016 script's settings
+PRESETS = {"2016": {"lr": 1e-4, "decay_rate": 0.99, "standardize": "episode", "entropy": 0.0}}   # the 2016 script's
 
 
 # ---------------------------------------------------------------- command line
@@ -822,7 +822,7 @@ def parse_args(argv=None):
     p.add_argument("--entropy", type=nonnegative_float, metavar="BETA", help="weight of an entropy bonus, "
                    f"BETA * sum_t H(P(UP)), which keeps P(UP) from 0 and 1 (default: {ENTROPY}: none)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="2016: train as the 2016 script does: learning "
-                   "rate 1e-4, RMSProp decay 0.99, returns standardized per episode (flags given win)")
+                   "rate 1e-4, RMSProp decay 0.99, returns standardized per episode, no entropy bonus (flags win)")
     p.set_defaults(standardize=None)
     p.add_argument("--quiet", action="store_true", help="print only the per-update summaries")
     p.add_argument("--render", action="store_true", help="while training, show one worker's games in a "

@@ -8,7 +8,7 @@ import pytest
 import checkpoint
 import pong_pg
 from conftest import all_gone_soon, children_of, copy_run, gone, log_rows, run, saved, start, wait_for_rows, workers_of
-from pong_pg import init_model, parse_args
+from pong_pg import DECAY_RATE, LEARNING_RATE, init_model, parse_args
 
 
 def test_help():
@@ -34,7 +34,7 @@ def test_train_then_resume_continues_numbering_log_and_state(tmp_path):
     # the update was RMSProp's first step from the seed's initial weights: with an empty cache,
     # cache = (1 - decay) g^2, so each weight with a gradient moved by lr / sqrt(1 - decay) (for |g| >> eps)
     moved = np.abs(state["model"]["W1"] - init_model(200, np.random.default_rng(0))["W1"])
-    full_step = 1e-3 / np.sqrt(1 - 0.9)
+    full_step = LEARNING_RATE / np.sqrt(1 - DECAY_RATE)
     assert moved.max() <= full_step * 1.001
     assert np.median(moved[moved > 0]) == pytest.approx(full_step, rel=0.01)
     assert 0.05 < np.mean(moved > 0) < 0.9                 # the pixels the ball and paddles never visited stay
@@ -166,10 +166,11 @@ def test_preset_2016_trains_with_the_2016_settings_and_flags_still_win(tmp_path)
     assert result.returncode == 0, result.stderr
     assert "lr 0.0001" in result.stdout and "decay 0.99" in result.stdout and "per episode" in result.stdout
     hyper = saved(tmp_path / "a")["hyper"]
-    assert (hyper["lr"], hyper["decay_rate"], hyper["standardize"], hyper["batch_size"]) == (1e-4, 0.99, "episode", 1)
+    assert (hyper["lr"], hyper["decay_rate"], hyper["standardize"], hyper["batch_size"], hyper["entropy"]) == \
+        (1e-4, 0.99, "episode", 1, 0.0)
     assert parse_args(["--preset", "2016", "--lr", "5e-4"]).lr == 5e-4
     default = parse_args([])
-    assert (default.lr, default.decay_rate, default.standardize) == (None, None, None)   # the defaults, unchanged
+    assert (default.lr, default.decay_rate, default.standardize, default.entropy) == (None,) * 4   # the defaults
 
 
 def test_init_from_an_agent_file_starts_a_new_run_with_its_weights(tmp_path):
