@@ -132,7 +132,14 @@ def summary(rows, target):
     return f"not within {int(last['total_steps']) / 1e6:.2f}M agent steps (reached {float(last['running_mean']):+.1f})"
 
 
+def stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run(args):
+    """Start the unfinished runs, args.side_by_side at a time. Ctrl-C or SIGTERM stops them (each saves)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # `&` in a script would have it ignored
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     todo = [Run(c, args.workers, s, args) for c in args.candidates for s in args.seeds]
     todo = [r for r in todo if not r.done()]
     running = []
@@ -348,7 +355,10 @@ def main():
     args = ap.parse_args()
     if args.command == "run":
         args.seeds = sorted({s for group in args.seeds for s in group})
-        run(args)
+        try:
+            run(args)
+        except KeyboardInterrupt:
+            sys.exit("stopped: the runs under way saved their state; the same command continues them")
     elif args.command == "diagnose":
         diagnose(args)
     else:
