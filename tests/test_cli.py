@@ -200,9 +200,9 @@ def test_init_from_an_agent_file_warms_the_learning_rate_up(tmp_path):
     state = saved(tmp_path)
     assert (state["updates"], state["warmup_from"]) == (1, 0)
     moved = np.abs(state["model"]["W1"] - shipped["W1"])
-    assert moved.max() <= 1e-3 * 1.001
+    assert moved.max() <= LEARNING_RATE * 1.001
     # about lr for most weights (RMSProp's eps shrinks the steps of the smallest gradients a little)
-    assert 0.95e-3 <= np.median(moved[moved > 0]) <= 1e-3 * 1.001
+    assert 0.95 * LEARNING_RATE <= np.median(moved[moved > 0]) <= LEARNING_RATE * 1.001
     resumed = run("--resume", "--episodes", 1, "--checkpoint-dir", tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert (saved(tmp_path)["updates"], saved(tmp_path)["warmup_from"]) == (2, 0)
