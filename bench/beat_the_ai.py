@@ -320,7 +320,8 @@ def plot_diagnosis(rows, path):
     for i, run in enumerate(runs):
         own = [r for r in rows if r["run"] == run and r["running_mean"] not in ("", "None")]
         steps = [int(r["agent_steps"]) / 1e6 for r in own]
-        hit = first_reaching(read_log(os.path.join(RUNS, run, "log.csv")), 0)
+        log = read_log(os.path.join(KEPT, run + ".csv")) or read_log(os.path.join(RUNS, run, "log.csv"))
+        hit = first_reaching(log, 0)                     # the kept log outlives runs/
         fast = hit is not None and int(hit["total_steps"]) <= 4e6
         for ax, (key, label) in zip(axes.flat, measures, strict=True):
             values = [float(r[key]) if r[key] not in ("", "None") else np.nan for r in own]
