@@ -54,11 +54,11 @@ from workers import WorkerError, WorkerPool, env_seed, game_step, make_env, task
 # ---------------------------------------------------------------- hyperparameters (each is a flag)
 HIDDEN = 200            # hidden units
 BATCH_SIZE = 10         # episodes per parameter update
-LEARNING_RATE = 1e-3    # RMSProp step size (the 2016 script: 1e-4)
+LEARNING_RATE = 3e-3    # RMSProp step size (the 2016 script: 1e-4)
 GAMMA = 0.99            # reward discount
 DECAY_RATE = 0.9        # RMSProp decay of the squared-gradient average (the 2016 script: 0.99)
 EPSILON = 1e-5          # RMSProp: avoids division by zero
-ENTROPY = 0.0           # weight of the entropy bonus: beta * sum_t H(P(UP | x_t)) joins the objective
+ENTROPY = 0.02          # weight of the entropy bonus: beta * sum_t H(P(UP | x_t)) joins the objective
 SAVE_EVERY = 100        # episodes between checkpoints
 PICTURES_EVERY = 300    # seconds between redrawing the pictures at a checkpoint (the learner waits meanwhile)
 RUNNING_MEAN_DECAY = 0.99   # the running mean score: 0.99 * old + 0.01 * episode score
@@ -820,7 +820,7 @@ def parse_args(argv=None):
     p.add_argument("--gamma", type=unit_interval, help=f"reward discount (default: {GAMMA})")
     p.add_argument("--decay-rate", type=decay_interval, help=f"RMSProp decay (default: {DECAY_RATE})")
     p.add_argument("--entropy", type=nonnegative_float, metavar="BETA", help="weight of an entropy bonus, "
-                   f"BETA * sum_t H(P(UP)), which keeps P(UP) from 0 and 1 (default: {ENTROPY}: none)")
+                   f"BETA * sum_t H(P(UP)), which keeps P(UP) from 0 and 1 (default: {ENTROPY}; 0: none)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="2016: train as the 2016 script does: learning "
                    "rate 1e-4, RMSProp decay 0.99, returns standardized per episode, no entropy bonus (flags win)")
     p.set_defaults(standardize=None)

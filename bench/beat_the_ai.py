@@ -7,7 +7,7 @@ share it: --side-by-side K runs K at once (niced, so that other work on the mach
 Along the way each run's weights and RMSProp cache are kept every --keep-every steps (snapshots/ in
 its directory, for `diagnose`).
 
-    python bench/beat_the_ai.py run --candidates defaults lr-2e-3 --seeds 0 1 --workers 1 \
+    python bench/beat_the_ai.py run --candidates lr-1e-3 lr-2e-3 --seeds 0 1 --workers 1 \
         --side-by-side 2 --max-steps 4e6                     # screening: one worker each, two at once
     python bench/beat_the_ai.py run --candidates lr-2e-3 --seeds 0-9          # the user's way: all cores
     python bench/beat_the_ai.py report                       # the table (agent steps to -15/-10/-5/0) and picture
@@ -38,12 +38,12 @@ from learning_curves import first_reaching, read_log
 import checkpoint
 from pong_pg import available_cores
 
-CANDIDATES = {                      # name: the flags it adds to `python pong_pg.py`
-    "defaults": [],
-    "lr-2e-3": ["--lr", "2e-3"],
-    "lr-3e-3": ["--lr", "3e-3"],
+CANDIDATES = {                      # name: the flags it adds to `python pong_pg.py`, each setting named
+    "lr-1e-3": ["--lr", "1e-3", "--entropy", "0"],            # the defaults before this study
+    "lr-2e-3": ["--lr", "2e-3", "--entropy", "0"],
+    "lr-3e-3": ["--lr", "3e-3", "--entropy", "0"],
     "lr-3e-3-entropy-0.01": ["--lr", "3e-3", "--entropy", "0.01"],
-    "lr-3e-3-entropy-0.02": ["--lr", "3e-3", "--entropy", "0.02"],
+    "lr-3e-3-entropy-0.02": ["--lr", "3e-3", "--entropy", "0.02"],     # the defaults it chose
     "lr-3e-3-entropy-0.05": ["--lr", "3e-3", "--entropy", "0.05"],
     "lr-2e-3-entropy-0.01": ["--lr", "2e-3", "--entropy", "0.01"],
 }
@@ -279,7 +279,7 @@ def diagnose(args):
         directory = os.path.join(RUNS, name)
         candidate = name.rsplit("-w", 1)[0]
         flags = CANDIDATES[candidate]
-        lr = float(flags[flags.index("--lr") + 1]) if "--lr" in flags else 1e-3
+        lr = float(flags[flags.index("--lr") + 1])
         paths = sorted(glob.glob(os.path.join(directory, "snapshots", "*.pkl")),
                        key=lambda p: int(re.search(r"(\d+)\.pkl$", p).group(1)))
         previous = None
@@ -316,7 +316,7 @@ def plot_diagnosis(rows, path):
                 ("return_std", "spread of the returns"), ("w1_step", "mean |W1 step| per update")]
     runs = list(dict.fromkeys(r["run"] for r in rows))
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), dpi=90)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = [plt.cm.tab20(i) for i in range(20)]                 # 20 colours: one a run
     for i, run in enumerate(runs):
         own = [r for r in rows if r["run"] == run and r["running_mean"] not in ("", "None")]
         steps = [int(r["agent_steps"]) / 1e6 for r in own]
@@ -342,7 +342,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train the runs not finished yet")
-    r.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES), default=["defaults"])
+    r.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES),
+                   default=["lr-3e-3-entropy-0.02"], help="(default: lr-3e-3-entropy-0.02, the defaults)")
     r.add_argument("--seeds", type=seeds, nargs="+", default=[[0]], help="e.g. 0-9 or 0 3 5 (default: 0)")
     r.add_argument("--workers", type=int, default=available_cores(), help="as pong_pg.py's (default: the cores)")
     r.add_argument("--side-by-side", type=int, default=1, help="runs at once (default: 1)")
@@ -352,7 +353,7 @@ def main():
     r.add_argument("--nice", type=int, default=10)
     sub.add_parser("report", help="the table and the picture of the kept logs")
     d = sub.add_parser("diagnose", help="what the kept snapshots of these runs show (bench/beat_the_ai/diagnosis.csv)")
-    d.add_argument("runs", nargs="+", help="run names, e.g. defaults-w1-s0")
+    d.add_argument("runs", nargs="+", help="run names, e.g. lr-1e-3-w1-s0")
     args = ap.parse_args()
     if args.command == "run":
         args.seeds = sorted({s for group in args.seeds for s in group})

@@ -111,8 +111,8 @@ def setting_of(name):
 
 def planned_runs(args):
     """(setting, seed, flags) for every combination of the candidates given on the command line."""
-    for preset, lr, decay, gamma, workers in itertools.product(args.preset, args.lr, args.decay_rate, args.gamma,
-                                                               args.workers):
+    for preset, lr, entropy, decay, gamma, workers in itertools.product(args.preset, args.lr, args.entropy,
+                                                                        args.decay_rate, args.gamma, args.workers):
         flags, names = [], []
         if preset is not None:
             flags += ["--preset", preset]
@@ -120,6 +120,9 @@ def planned_runs(args):
         if lr is not None:
             flags += ["--lr", str(lr)]
             names.append(f"lr {lr:g}")
+        if entropy is not None:
+            flags += ["--entropy", str(entropy)]
+            names.append(f"entropy {entropy:g}")
         if decay is not None:
             flags += ["--decay-rate", str(decay)]
             names.append(f"decay {decay:g}")
@@ -178,6 +181,7 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--preset", nargs="+", default=[None], help="pong_pg presets (2016: the 2016 script's settings)")
     ap.add_argument("--lr", type=float, nargs="+", default=[None], help="learning rates (default: pong_pg's)")
+    ap.add_argument("--entropy", type=float, nargs="+", default=[None], help="entropy bonuses (default: pong_pg's)")
     ap.add_argument("--decay-rate", type=float, nargs="+", default=[None], help="RMSProp decays")
     ap.add_argument("--gamma", type=float, nargs="+", default=[None], help="reward discounts")
     ap.add_argument("--workers", type=int, nargs="+", default=[None], help="worker counts (default: pong_pg's)")

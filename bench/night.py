@@ -1,4 +1,5 @@
-"""What a night of training gives: one run of the defaults, carried across machines in segments.
+"""What a night of training gives: one run of the defaults of its time (lr 1e-3, no entropy bonus, the
+flags it pins), carried across machines in segments.
 
 A night (80M agent steps: about 7 hours on a slow 2-core machine) is longer than a machine may stay
 up. So the run goes in segments: the first is a plain `python pong_pg.py`; each later one starts
@@ -18,6 +19,8 @@ import argparse
 import os
 
 from segments import ROOT, SegmentFailed, evals, finish, segment_logs, stitched, train_segment
+
+MEASURED_WITH = ["--lr", "1e-3", "--entropy", "0"]     # the night's settings: the trainer's defaults then
 
 NIGHT = os.path.join(ROOT, "bench", "night")
 
@@ -65,7 +68,7 @@ def main():
     if args.command == "run":
         run_dir = args.dir or os.path.join(ROOT, "runs", "night", f"seg{len(segment_logs(NIGHT)) + 1}")
         try:
-            train_segment(NIGHT, run_dir, [], minutes=args.minutes)
+            train_segment(NIGHT, run_dir, MEASURED_WITH, minutes=args.minutes)
         except SegmentFailed as e:
             raise SystemExit(f"night: {e}") from None
     elif args.command == "finish":

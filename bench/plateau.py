@@ -34,15 +34,16 @@ PLATEAU = os.path.join(ROOT, "bench", "plateau")
 START = os.path.join(PLATEAU, "start.pkl")
 START_SCORE = 11.71         # the starting agent's mean score: --eval 100, sampled policy (± 0.85, 95% CI)
 SHIPPED = ("decay-0.99-warmup", 2)   # checkpoints/pretrained.pkl is this run's agent (its total_steps say where)
-CANDIDATES = {              # flags on top of the defaults: lr 1e-3, RMSProp decay 0.9, gamma 0.99
-    "defaults": [],
-    "decay-0.99": ["--decay-rate", "0.99"],                        # how the starting agent was trained
-    "lr-3e-4": ["--decay-rate", "0.99", "--lr", "3e-4"],
-    "lr-1e-4": ["--decay-rate", "0.99", "--lr", "1e-4"],
-    "decay-0.99-warmup": ["--decay-rate", "0.99"],     # decay-0.99 with the learning rate's warm-up after
-                                                       # --init-from (pong_pg.learning_rate): its runs predate it
-    "gamma-0.98": ["--decay-rate", "0.99", "--gamma", "0.98"],   # credit within ~50 steps of a point's end:
-}                                                                # the moves just before a miss
+MEASURED_WITH = ["--lr", "1e-3", "--entropy", "0"]     # the trainer's defaults when this study ran
+CANDIDATES = {              # flags on top of those: lr 1e-3, no entropy bonus, RMSProp decay 0.9, gamma 0.99
+    "defaults": MEASURED_WITH,
+    "decay-0.99": [*MEASURED_WITH, "--decay-rate", "0.99"],        # how the starting agent was trained
+    "lr-3e-4": [*MEASURED_WITH, "--decay-rate", "0.99", "--lr", "3e-4"],
+    "lr-1e-4": [*MEASURED_WITH, "--decay-rate", "0.99", "--lr", "1e-4"],
+    "decay-0.99-warmup": [*MEASURED_WITH, "--decay-rate", "0.99"],   # decay-0.99 with the learning rate's
+                                    # warm-up after --init-from (pong_pg.learning_rate): its runs predate it
+    "gamma-0.98": [*MEASURED_WITH, "--decay-rate", "0.99", "--gamma", "0.98"],   # credit within ~50 steps of
+}                                                                # a point's end: the moves just before a miss
 SEEDS = (1, 2)
 MILESTONES = (1e6, 2e6, 5e6, 10e6, 20e6, 40e6, 60e6, 80e6)
 LAST_EPISODES = 100         # the report's "last scores": the mean score of a run's last this many episodes

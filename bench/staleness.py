@@ -4,7 +4,8 @@ With N workers and batches of 10 episodes, up to N episodes are in flight when a
 episode may be played with weights several updates old. The agent steps a run needs depend on that
 staleness, not on the machine, so runs from any machine compare here (each log's name says how many
 workers and cores it ran with). The logs are kept in bench/staleness/ (wN-seedS-Kcores.csv: pong_pg's
-log.csv of a run of the defaults with N workers); 2 workers: the first segment of the night
+log.csv of a run with N workers and the defaults of the time, lr 1e-3 without an entropy bonus: add
+`-- --lr 1e-3 --entropy 0` to many_cores.py to run one more); 2 workers: the first segment of the night
 (bench/night/seg1.csv, seed 0).
 
     python bench/staleness.py            # the table, and bench/staleness.png

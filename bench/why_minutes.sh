@@ -5,7 +5,8 @@
 #   A  --preset 2016                               lr 1e-4, RMSProp decay 0.99, returns standardized per episode
 #   B  --preset 2016 --lr 0.001                    + our learning rate
 #   C  --preset 2016 --lr 0.001 --decay-rate 0.9   + our RMSProp decay
-#   D  (the defaults)                              + returns standardized over the batch
+#   D  --lr 0.001 --entropy 0                      + returns standardized over the batch (the defaults
+#                                                  before lr 3e-3 and the entropy bonus)
 # then prints agent steps to running means -15, -10, -5 and 0 per run (bench/learning_curves.py).
 #
 #   bash bench/why_minutes.sh [MINUTES] [OUT]      (default: 15 minutes a run, runs/why_minutes)
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 minutes=${1:-15}
 out=${2:-runs/why_minutes}
 mkdir -p "$out"
-settings=("--preset 2016" "--preset 2016 --lr 0.001" "--preset 2016 --lr 0.001 --decay-rate 0.9" "")
+settings=("--preset 2016" "--preset 2016 --lr 0.001" "--preset 2016 --lr 0.001 --decay-rate 0.9" "--lr 0.001 --entropy 0")
 for seed in 0 1; do
     (
         for setting in "${settings[@]}"; do

@@ -27,10 +27,11 @@ def test_train_then_resume_continues_numbering_log_and_state(tmp_path):
     assert (state["episode"], state["updates"]) == (3, 1)
     assert state["batch"]["episodes"] == 1                 # the 3rd episode waits in the next batch
     # a checkpoint holds the weights, the RMSProp cache (float32, 5.1 MB each) and the unfinished
-    # batch's sums of the pixels it touched (float32, 200 x 2 a pixel): about 10 MB, at most 20.5
-    touched = len(state["batch"]["pixels"])
+    # batch's sums of the pixels it touched (float32, 200 x 3 a pixel with the entropy bonus's sum,
+    # 200 x 2 without): about 10 MB, at most 25.7
+    touched, sums = len(state["batch"]["pixels"]), 2 + (state["hyper"]["entropy"] > 0)
     size = (tmp_path / "pong_pg.pkl").stat().st_size
-    assert 0 < touched < 6400 and size <= 2 * 200 * 6400 * 4 + touched * 400 * 4 + 100_000
+    assert 0 < touched < 6400 and size <= 2 * 200 * 6400 * 4 + touched * sums * 200 * 4 + 100_000
     # the update was RMSProp's first step from the seed's initial weights: with an empty cache,
     # cache = (1 - decay) g^2, so each weight with a gradient moved by lr / sqrt(1 - decay) (for |g| >> eps)
     moved = np.abs(state["model"]["W1"] - init_model(200, np.random.default_rng(0))["W1"])
@@ -264,16 +265,19 @@ def test_init_from_refuses_what_cannot_start_a_run_before_writing_anything(tmp_p
 
 
 def test_an_older_checkpoint_resumes_without_the_entropy_bonus_and_a_changed_one_drops_the_batch(tmp_path):
-    """A checkpoint from before --entropy (no such setting, an unfinished batch of two sums) resumes with
-    no bonus and keeps its batch; resumed with --entropy, the batch summed without it is dropped, said once."""
-    first = run("--episodes", 3, "--batch-size", 2, "--workers", 1, "--checkpoint-dir", tmp_path)
+    """A checkpoint from before --entropy (lr 1e-3, no such setting, an unfinished batch of two sums)
+    resumes with its lr and no bonus, whatever the defaults, and keeps its batch; resumed with --entropy,
+    the batch summed without it is dropped, said once."""
+    first = run("--lr", 1e-3, "--entropy", 0, "--episodes", 3, "--batch-size", 2, "--workers", 1,
+                "--checkpoint-dir", tmp_path)
     assert first.returncode == 0, first.stderr
     state = saved(tmp_path)
     del state["hyper"]["entropy"], state["batch"]["entropy"]
     checkpoint.save(tmp_path / "pong_pg.pkl", state)
     same = run("--resume", "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path)
     assert same.returncode == 0, same.stderr
-    assert "dropped" not in same.stdout and saved(tmp_path)["hyper"]["entropy"] == 0.0
+    hyper = saved(tmp_path)["hyper"]
+    assert "dropped" not in same.stdout and (hyper["entropy"], hyper["lr"]) == (0.0, 1e-3)
     assert saved(tmp_path)["updates"] == 2                      # the kept episode and the new one: an update
     run("--resume", "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path)   # one episode waits again
     bonus = run("--resume", "--entropy", 0.05, "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path)
