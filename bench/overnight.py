@@ -1,0 +1,237 @@
+"""The night as a user runs it: `python pong_pg.py`, stopped and `--resume`d, with `--eval 30` of the
+agent at every 10M agent steps, for a few seeds side by side.
+
+Each run lives in RUNS/NAME-sSEED/ (the checkpoint pong_pg.pkl, log.csv and a copy of the checkpoint
+at each mark: at-10M.pkl, ..., and at-zero.pkl, the first checkpoint whose running mean is above 0);
+these are big and stay outside the work tree. What must survive is small and kept in bench/overnight/:
+each run's log (NAME-sSEED.csv) and the evaluations (evals.csv). The same command carries the runs on
+after any stop (a machine that went away, Ctrl-C): the trainer resumes from its checkpoint, and a mark
+whose evaluation was not written is evaluated first.
+
+    python bench/overnight.py run --seeds 40 41 --runs ~/runs/overnight            # the defaults
+    python bench/overnight.py run --name X --branch-from defaults --seeds 40 41 -- --some-flag V
+    python bench/overnight.py report                                                # table + picture
+
+--branch-from NAME starts each run as a copy of run NAME's at-zero.pkl (the point its running mean
+first passed 0) and resumes it with the flags after `--`: a candidate that changes nothing before
+that point is compared with the same seeds' baseline from there on, in fewer agent steps.
+"""
+import argparse
+import csv
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEEP = os.path.join(ROOT, "bench", "overnight")
+EVAL_COLUMNS = ["name", "seed", "mark", "agent_steps", "episode", "running_mean", "sampled_mean", "sampled_ci",
+                "sampled_won", "greedy_mean", "greedy_ci", "greedy_won"]
+EVAL_GAMES = 30
+write_lock = threading.Lock()
+
+
+def say(*parts):
+    with write_lock:
+        print(time.strftime("%H:%M:%S"), *parts, flush=True)
+
+
+def trainer(*args):
+    return [sys.executable, os.path.join(ROOT, "pong_pg.py"), *map(str, args)]
+
+
+def last_row(log):
+    """The last whole row of a trainer's log.csv, as a dict (None before the first episode)."""
+    if not os.path.exists(log):
+        return None
+    with open(log, newline="") as f:
+        lines = f.read().splitlines(keepends=True)
+    rows = [line for line in lines[1:] if line.endswith("\n")]
+    return dict(zip(lines[0].strip().split(","), rows[-1].strip().split(","), strict=True)) if rows else None
+
+
+def mark_name(steps):
+    return "zero" if steps is None else f"{round(steps / 1e6)}M"
+
+
+def read_evals(keep=KEEP):
+    path = os.path.join(keep, "evals.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def evaluate(name, seed, run_dir, mark, keep):
+    """--eval 30 of the checkpoint kept at a mark: a row of keep/evals.csv."""
+    snapshot = os.path.join(run_dir, f"at-{mark}.pkl")
+    out = subprocess.run(trainer("--checkpoint", snapshot, "--eval", EVAL_GAMES), cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    found = {m: (mean, ci, won) for m, mean, ci, won in
+             re.findall(r"(sampled|greedy) policy: mean score ([-+.\d]+) ± ([.\d]+) .*?won (\d+)/", out)}
+    head = re.search(r"trained for (\d+) episodes, running mean ([-+.\d]+)", out)
+    with open(os.path.join(run_dir, f"at-{mark}.steps")) as f:
+        steps = int(f.read())
+    row = {"name": name, "seed": seed, "mark": mark, "agent_steps": steps, "episode": head.group(1),
+           "running_mean": head.group(2),
+           "sampled_mean": found["sampled"][0], "sampled_ci": found["sampled"][1], "sampled_won": found["sampled"][2],
+           "greedy_mean": found["greedy"][0], "greedy_ci": found["greedy"][1], "greedy_won": found["greedy"][2]}
+    with write_lock:
+        path = os.path.join(keep, "evals.csv")
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, EVAL_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+    say(f"{name}-s{seed} at {mark}: {row}")
+
+
+def keep_log(name, seed, run_dir, keep):
+    shutil.copyfile(os.path.join(run_dir, "log.csv"), os.path.join(keep, f"{name}-s{seed}.csv"))
+
+
+def snapshot(run_dir, mark, steps):
+    """Keep the checkpoint as it is now as at-MARK.pkl (and its agent steps beside it)."""
+    shutil.copyfile(os.path.join(run_dir, "pong_pg.pkl"), os.path.join(run_dir, f"at-{mark}.pkl.tmp"))
+    with open(os.path.join(run_dir, f"at-{mark}.steps"), "w") as f:
+        f.write(f"{steps}\n")
+    os.replace(os.path.join(run_dir, f"at-{mark}.pkl.tmp"), os.path.join(run_dir, f"at-{mark}.pkl"))
+
+
+def train_until(run_dir, first, flags, until_steps, stop_at_zero):
+    """Train (a new run or --resume) until the log passes until_steps agent steps, or its running mean
+    passes 0 where stop_at_zero; then stop the trainer (it saves its checkpoint). Returns the last row."""
+    start = ["--resume"] if not first else []
+    log = os.path.join(run_dir, "log.csv")
+    with open(os.path.join(run_dir, "train.out"), "a") as out:
+        proc = subprocess.Popen(trainer("--quiet", "--checkpoint-dir", run_dir, *start, *flags), cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            row = last_row(log)
+            if row and (int(row["total_steps"]) >= until_steps or (stop_at_zero and float(row["running_mean"]) > 0)):
+                proc.send_signal(signal.SIGTERM)           # it saves its checkpoint, then exits (143)
+                proc.wait()
+                break
+            time.sleep(3)
+    if proc.returncode not in (0, 128 + signal.SIGTERM):
+        raise RuntimeError(f"the trainer in {run_dir} ended with exit code {proc.returncode}")
+    return last_row(log)
+
+
+def carry_on(name, seed, runs, until, every, flags, branch_from, keep):
+    run_dir = os.path.join(runs, f"{name}-s{seed}")
+    first = not os.path.exists(os.path.join(run_dir, "pong_pg.pkl"))
+    if first:
+        os.makedirs(run_dir, exist_ok=True)
+        if branch_from:
+            source = os.path.join(runs, f"{branch_from}-s{seed}")
+            shutil.copyfile(os.path.join(source, "at-zero.pkl"), os.path.join(run_dir, "pong_pg.pkl"))
+            shutil.copyfile(os.path.join(source, "log.csv"), os.path.join(run_dir, "log.csv"))  # --resume trims it
+            first = False
+        else:
+            flags = ["--seed", seed, *flags]
+    elif not branch_from:
+        flags = []                       # the checkpoint holds the hyperparameters; --resume follows them
+    done = {(r["name"], int(r["seed"]), r["mark"]) for r in read_evals(keep)}
+    while True:
+        for path in sorted(os.listdir(run_dir)):      # marks kept but not yet evaluated (a stop in between)
+            m = re.fullmatch(r"at-(\d+M)\.pkl", path)
+            if m and (name, seed, m.group(1)) not in done:
+                evaluate(name, seed, run_dir, m.group(1), keep)
+                done.add((name, seed, m.group(1)))
+        row = last_row(os.path.join(run_dir, "log.csv"))
+        steps = int(row["total_steps"]) if row else 0
+        if steps >= until:
+            keep_log(name, seed, run_dir, keep)
+            say(f"{name}-s{seed}: done, {steps:,} agent steps")
+            return
+        target = min((steps // every + 1) * every, until)
+        need_zero = not branch_from and not os.path.exists(os.path.join(run_dir, "at-zero.pkl"))
+        say(f"{name}-s{seed}: training from {steps:,} to {target:,} agent steps")
+        row = train_until(run_dir, first, flags, target, need_zero)
+        first, flags = False, ([] if not branch_from else flags)
+        steps = int(row["total_steps"])
+        keep_log(name, seed, run_dir, keep)
+        if need_zero and float(row["running_mean"]) > 0:
+            snapshot(run_dir, "zero", steps)
+            say(f"{name}-s{seed}: running mean {row['running_mean']} at {steps:,} agent steps "
+                f"(episode {row['episode']}): kept at-zero.pkl")
+        if steps >= target:
+            snapshot(run_dir, mark_name(target), steps)
+
+
+def run(args):
+    os.makedirs(args.keep, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    say(f"{args.name}: seeds {args.seeds}, to {args.until:,.0f} agent steps, code at {commit or '?'}, "
+        f"flags {args.flags}")
+    with ThreadPoolExecutor(len(args.seeds)) as pool:
+        futures = [pool.submit(carry_on, args.name, seed, os.path.expanduser(args.runs), int(args.until),
+                               int(args.every), args.flags, args.branch_from, args.keep) for seed in args.seeds]
+        for f in futures:
+            f.result()
+
+
+def report(args):
+    rows = read_evals(args.keep)
+    print("| setting | seed | mark | agent steps | running mean | --eval 30 sampled | greedy |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for r in sorted(rows, key=lambda r: (r["name"], int(r["seed"]), int(r["agent_steps"]))):
+        print(f"| {r['name']} | {r['seed']} | {r['mark']} | {int(r['agent_steps']) / 1e6:.1f}M | "
+              f"{float(r['running_mean']):+.1f} | {float(r['sampled_mean']):+.2f} ± {r['sampled_ci']} | "
+              f"{float(r['greedy_mean']):+.2f} ± {r['greedy_ci']} |")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    logs = sorted(f for f in os.listdir(args.keep) if f.endswith(".csv") and f != "evals.csv")
+    for i, name in enumerate(logs):
+        with open(os.path.join(args.keep, name), newline="") as f:
+            log = list(csv.DictReader(f))
+        ax.plot([int(r["total_steps"]) / 1e6 for r in log], [float(r["running_mean"]) for r in log],
+                lw=1, color=f"C{i}", label=f"{name[:-4]}: running mean")
+        setting, seed = name[:-4].rsplit("-s", 1)
+        marks = [r for r in rows if r["name"] == setting and r["seed"] == seed]
+        ax.plot([int(r["agent_steps"]) / 1e6 for r in marks], [float(r["sampled_mean"]) for r in marks], "o",
+                color=f"C{i}", ms=4)
+    ax.plot([], [], "o", color="0.4", ms=4, label="--eval 30, sampled policy")
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xlabel("agent steps (millions)")
+    ax.set_ylabel("score (points won − points lost)")
+    ax.set_title("A night of `python pong_pg.py`, stopped and resumed")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(ROOT, "bench", "overnight.png"), dpi=100)
+    print("wrote bench/overnight.png")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="start or carry on the runs of one setting")
+    r.add_argument("--name", default="defaults", help="the setting's name (default: %(default)s)")
+    r.add_argument("--seeds", type=int, nargs="+", required=True)
+    r.add_argument("--runs", default=os.path.join("~", "runs", "overnight"),
+                   help="where the runs' checkpoints live, outside the work tree (default: %(default)s)")
+    r.add_argument("--until", type=float, default=100e6, help="agent steps (default: 100e6)")
+    r.add_argument("--every", type=float, default=10e6, help="agent steps between evaluations (default: 10e6)")
+    r.add_argument("--branch-from", metavar="NAME", help="start from run NAME's at-zero.pkl, same seed")
+    r.add_argument("--keep", default=KEEP, help="where the logs and evals are kept (default: bench/overnight)")
+    r.add_argument("flags", nargs="*", help="the trainer's flags, after --")
+    rep = sub.add_parser("report", help="the table of evaluations and bench/overnight.png")
+    rep.add_argument("--keep", default=KEEP)
+    args = ap.parse_args()
+    if args.command == "run":
+        run(args)
+    else:
+        report(args)
+
+
+if __name__ == "__main__":
+    main()
