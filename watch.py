@@ -9,12 +9,11 @@ import math
 import os
 import tempfile
 import time
-import types
 import zlib
 
 import numpy as np
 
-from workers import WorkerPool, make_env, task_rng
+from workers import WeightsVersion, WorkerPool, make_env, task_rng
 
 EVAL_SEED_OFFSET = 10 ** 9      # evaluation games use random streams that training never uses
 RECORD_FPS = 15                 # one video frame per agent step: 15 a second is the game's real speed
@@ -349,7 +348,7 @@ def evaluate(play_episode, weights, n, seed, workers, stopped=never):
     Returns {"sampled": [Episode], "greedy": [Episode]}, or None if stopped() turned true first."""
     jobs = ["sampled"] * n + ["greedy"] * n
     results = {"sampled": [], "greedy": []}
-    snapshot = types.SimpleNamespace(version=0, weights=weights)   # sent to each worker once
+    snapshot = WeightsVersion(0, weights)      # sent to each worker once
     running, next_job = {}, 0
     with WorkerPool(min(workers, len(jobs)), play_episode, seed, EVAL_SEED_OFFSET) as pool:
         pool.wait_until_ready(stopped)
@@ -405,17 +404,19 @@ def _pyplot():
 
 
 def read_log(path):
-    """The per-episode CSV log as arrays: episode, score, running_mean, wall_seconds."""
+    """The rows of a trainer's log.csv, each a dict of its columns (as text); [] where there is none.
+    A row being written (not whole yet) is left out."""
+    if not os.path.exists(path):
+        return []
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {k: np.array([float(r[k]) for r in rows]) for k in ("episode", "score", "running_mean",
-                                                                "wall_seconds")}
+        return [r for r in csv.DictReader(f) if r.get("wall_seconds")]
 
 
 def learning_curve(log_path, out_path, title="pong_pg"):
     """Episode score and running mean against episodes (left) and against wall time (right)."""
     plt = _pyplot()
-    log = read_log(log_path)
+    rows = read_log(log_path)
+    log = {k: np.array([float(r[k]) for r in rows]) for k in ("episode", "score", "running_mean", "wall_seconds")}
     fig, (by_episode, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
     long_run = len(log["wall_seconds"]) and log["wall_seconds"][-1] > 2 * 3600
     wall, unit = (log["wall_seconds"] / 3600, "hours") if long_run else (log["wall_seconds"] / 60, "minutes")

@@ -9,6 +9,7 @@ import os
 import pickle
 import selectors
 import signal
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 
 import numpy as np
@@ -122,7 +123,7 @@ def _worker(conn, play_episode, seed, worker_id, first_task, render):
 
 
 def apply_patch(weights, patch):
-    """Bring weights up to date with a patch (the learner's WeightsSnapshot.patch): its arrays in "in_rows"
+    """Bring weights up to date with a patch (WeightsVersion.patch): its arrays in "in_rows"
     replace those rows of the weights of that name, the ones in "whole" replace them whole."""
     for name, values in patch["in_rows"].items():
         weights[name][patch["rows"]] = values
@@ -132,6 +133,18 @@ def apply_patch(weights, patch):
 
 class WorkerError(RuntimeError):
     pass
+
+
+@dataclass
+class WeightsVersion:
+    """Weights to play with, numbered: a worker that holds this version already is not sent them again."""
+    version: int
+    weights: dict
+
+    def patch(self, held):
+        """What brings weights of version `held` to these, where that is smaller than all of them (the
+        trainer's snapshots know what each update changed); None: send them all."""
+        return None
 
 
 class WorkerPool:
@@ -210,15 +223,15 @@ class WorkerPool:
         return [w for w in range(len(self)) if w not in self.busy]
 
     def start(self, worker, task, snapshot, greedy=False):
-        """Worker plays task next with the weights of snapshot (.version, .weights, and maybe
-        .patch(version held)): they are sent only if the worker does not have that version yet, and
-        as a patch of the version it has where snapshot.patch gives one."""
+        """Worker plays task next with the weights of snapshot (a WeightsVersion): they are sent only if
+        the worker does not have that version yet, and as a patch of the version it has where
+        snapshot.patch gives one."""
         held = self.snapshots.get(worker)
         self.snapshots[worker] = snapshot
         if held is not None and held.version == snapshot.version:
             new, weights = None, None
         else:
-            patch = snapshot.patch(held.version) if held is not None and hasattr(snapshot, "patch") else None
+            patch = snapshot.patch(held.version) if held is not None else None
             new, weights = ("all", snapshot.weights) if patch is None else ("patch", patch)
         try:
             self.conns[worker].send((task, greedy, new))

@@ -33,10 +33,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import numpy as np
-from learning_curves import first_reaching, read_log
+from learning_curves import first_reaching
 
 import checkpoint
-from pong_pg import available_cores
+from cli import available_cores
+from watch import read_log
 
 CANDIDATES = {                      # name: the flags it adds to `python pong_pg.py`, each setting named
     "lr-1e-3": ["--lr", "1e-3", "--entropy", "0"],            # the defaults before this study
@@ -242,7 +243,8 @@ def diagnose_snapshot(state, previous, lr, games=2):
     standardized; and from its weights and RMSProp cache: the mean |change| of W1's moved weights and of
     W2 per update since the previous snapshot, and lr / sqrt(cache) (RMSProp's step per unit of
     gradient) over W1's weights that have a cache."""
-    from pong_pg import discount_rewards, play_episode, play_weights, policy_forward_sparse
+    from pong_pg import discount_rewards
+    from pong_pg_fast import play_episode, play_weights, policy_forward_sparse
     from workers import make_env, task_rng
     weights = play_weights(state["model"])
     env = make_env()

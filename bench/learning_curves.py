@@ -16,7 +16,6 @@ study resumes the runs it had begun), results.md (time, episodes and steps to th
 learning_curves.png (running mean against wall time). Existing finished runs are reused.
 """
 import argparse
-import csv
 import itertools
 import os
 import re
@@ -28,15 +27,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from watch import read_log
 
 MILESTONES = (-15, -10, -5, 0)       # running means on the way to beating the built-in AI
-
-
-def read_log(path):
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if r.get("wall_seconds")]
 
 
 def first_reaching(rows, target):

@@ -29,8 +29,9 @@ sys.path.insert(0, ROOT)
 
 import numpy as np
 
-import pong_pg
-from pong_pg import DOWN, UP, init_model, play_weights
+import pong_pg_fast
+from pong_pg import DOWN, UP, init_model
+from pong_pg_fast import play_weights
 from preprocess import COLORS, FIELD, SIGN, UNKNOWN_BYTE, D, learn_colors, screen_pixels
 from workers import game_step, make_env
 
@@ -38,7 +39,7 @@ CLOCK = time.perf_counter
 
 
 def one_game(weights, steps):
-    """(emulator, ours) microseconds per agent step of pong_pg.play_episode, its game_step calls timed."""
+    """(emulator, ours) microseconds per agent step of pong_pg_fast.play_episode, its game_step calls timed."""
     env, emulator, played = make_env(), [0.0], 0
     env.reset(seed=0)
 
@@ -52,12 +53,12 @@ def one_game(weights, steps):
             return result
         return timed
 
-    pong_pg.game_step, start = timed_game_step, CLOCK()
+    pong_pg_fast.game_step, start = timed_game_step, CLOCK()
     try:
         while played < steps:
-            played += pong_pg.play_episode(env, weights, np.random.default_rng(played)).steps
+            played += pong_pg_fast.play_episode(env, weights, np.random.default_rng(played)).steps
     finally:
-        pong_pg.game_step = game_step
+        pong_pg_fast.game_step = game_step
     return 1e6 * emulator[0] / played, 1e6 * (CLOCK() - start - emulator[0]) / played
 
 

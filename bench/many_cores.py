@@ -19,7 +19,9 @@ import subprocess
 import sys
 import time
 
-from learning_curves import first_reaching, read_log
+from learning_curves import first_reaching
+
+from watch import read_log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -18,7 +18,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from throughput import _tree_rss_bytes
+from throughput import tree_rss_bytes
 
 
 def main():
@@ -37,7 +37,7 @@ def main():
         minute, peak = 1, 0
         try:
             while proc.poll() is None:
-                peak = max(peak, _tree_rss_bytes(proc.pid))
+                peak = max(peak, tree_rss_bytes(proc.pid))
                 if time.time() - start >= 60 * minute:
                     with open(os.path.join(directory, "log.csv"), newline="") as f:
                         rows = list(csv.DictReader(f))

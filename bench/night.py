@@ -2,11 +2,12 @@
 flags it pins), carried across machines in segments.
 
 A night (80M agent steps: about 7 hours on a slow 2-core machine) is longer than a machine may stay
-up. So the run goes in segments: the first is a plain `python pong_pg.py`; each later one starts
-from the agent the one before left, with `--init-from` (a fresh RMSProp cache, under which the
-learning rate warms up; the night's 8 segments were trained without that warm-up). What must
-survive a segment is small and kept in bench/night/: each segment's log (segN.csv), the newest agent
-(agent.pkl, 5 MB) and the evaluations (evals.csv).
+up. So the run went in segments: the first a plain `python pong_pg.py`; each later one from the agent
+the one before left, with `--init-from` (a fresh RMSProp cache, under which the learning rate now
+warms up; the night's 8 segments were trained without that warm-up). Kept in bench/night/: each
+segment's log (segN.csv) and the evaluations (evals.csv); the newest agent (5 MB) outside the tree,
+in --agent (the study is closed and its agent is not kept: `run` goes on from an --agent you have).
+bench/overnight.py measures the night of today's defaults as a user runs it, with --resume.
 
     python bench/night.py run --minutes 90     # one more segment: train, stop, keep its log and agent, evaluate
     python bench/night.py finish DIR           # the same for a segment trained by hand in DIR (stopped first)
@@ -23,6 +24,7 @@ from segments import ROOT, SegmentFailed, evals, finish, segment_logs, stitched,
 MEASURED_WITH = ["--lr", "1e-3", "--entropy", "0"]     # the night's settings: the trainer's defaults then
 
 NIGHT = os.path.join(ROOT, "bench", "night")
+AGENT = os.path.join("~", "runs", "night", "agent.pkl")
 
 
 def plot():
@@ -62,17 +64,20 @@ def main():
     run = sub.add_parser("run", help="train one more segment, then keep its log and agent and evaluate")
     run.add_argument("--minutes", type=float, required=True)
     run.add_argument("--dir", help="the segment's run directory, new (default: runs/night/segN)")
-    sub.add_parser("finish", help="keep the log and agent of a segment trained by hand").add_argument("dir")
+    run.add_argument("--agent", default=AGENT, help="the newest agent, outside the tree (default: %(default)s)")
+    finish_ = sub.add_parser("finish", help="keep the log and agent of a segment trained by hand")
+    finish_.add_argument("dir")
+    finish_.add_argument("--agent", default=AGENT, help="where its agent goes (default: %(default)s)")
     sub.add_parser("plot", help="draw the curve of all segments")
     args = ap.parse_args()
     if args.command == "run":
         run_dir = args.dir or os.path.join(ROOT, "runs", "night", f"seg{len(segment_logs(NIGHT)) + 1}")
         try:
-            train_segment(NIGHT, run_dir, MEASURED_WITH, minutes=args.minutes)
+            train_segment(NIGHT, run_dir, MEASURED_WITH, os.path.expanduser(args.agent), minutes=args.minutes)
         except SegmentFailed as e:
             raise SystemExit(f"night: {e}") from None
     elif args.command == "finish":
-        finish(NIGHT, args.dir)
+        finish(NIGHT, args.dir, os.path.expanduser(args.agent))
     else:
         plot()
 

@@ -5,17 +5,18 @@ algorithm staying as it is: the learning rate (a lower one from a trained agent 
 schedule over agent steps), RMSProp's decay, the discount. Each candidate below trains on from the same
 agent, bench/plateau/start.pkl (the first agent shipped in checkpoints/: 57 minutes of training, 20.1M
 agent steps), for --steps agent steps, once per seed, with the same number of workers (the weights'
-staleness depends on it). Runs are kept in segments (bench/segments.py) in
-bench/plateau/NAME-sSEED/, so a run stopped by the end of a sitting goes on later on any machine; the
-last segment of a run ends with --eval 30 of its agent.
+staleness depends on it). Runs are kept in segments (bench/segments.py): logs and evaluations in
+bench/plateau/NAME-sSEED/, each run's newest agent outside the tree in --agents DIR/NAME-sSEED.pkl, so
+a run stopped by the end of a sitting goes on later where its agent is; the last segment of a run ends
+with --eval 30 of its agent.
 
     python bench/plateau.py run --minutes 120                 # train the least advanced runs, one at a time
     python bench/plateau.py run --minutes 12 --parallel 8     # 8 runs at once, each on its own 2 cores (Linux)
     python bench/plateau.py report              # the table, bench/plateau.png and bench/shipped_agent_on.png
 
 The study goes in stages: all candidates to --steps 2e6, then only the best on to 5e6 (--candidates
-...); in the repository a dropped run keeps its log and evaluations but not its agent, and is
-skipped.
+...). The study is closed: the tree keeps its logs and evaluations and the starting agent, and
+`report` reads logs only; a run whose agent is not in --agents is skipped by `run`.
 
 Minutes mean little here (runs share machines, and stop and go on): the study compares runs at equal
 agent steps.
@@ -28,7 +29,8 @@ import time
 
 from segments import ROOT, SegmentFailed, evals, evaluate_agent, segment_logs, steps_done, stitched, train_segment
 
-from pong_pg import SHIPPED_AGENT, load_agent
+from cli import SHIPPED_AGENT
+from training_run import load_agent
 
 PLATEAU = os.path.join(ROOT, "bench", "plateau")
 START = os.path.join(PLATEAU, "start.pkl")
@@ -45,6 +47,7 @@ CANDIDATES = {              # flags on top of those: lr 1e-3, no entropy bonus, 
     "gamma-0.98": [*MEASURED_WITH, "--decay-rate", "0.99", "--gamma", "0.98"],   # credit within ~50 steps of
 }                                                                # a point's end: the moves just before a miss
 SEEDS = (1, 2)
+AGENTS = os.path.join("~", "runs", "plateau")
 MILESTONES = (1e6, 2e6, 5e6, 10e6, 20e6, 40e6, 60e6, 80e6)
 LAST_EPISODES = 100         # the report's "last scores": the mean score of a run's last this many episodes
 
@@ -53,14 +56,15 @@ def runs(names, seeds):
     return [(name, seed, os.path.join(PLATEAU, f"{name}-s{seed}")) for name in names for seed in seeds]
 
 
-def train(names, seeds, steps, minutes, workers, parallel):
+def train(names, seeds, steps, minutes, workers, parallel, agents):
     """Train the runs that have fewer than `steps` agent steps, the least advanced first, until
-    `minutes` are up; `parallel` at once, each pinned to its own `workers` cores."""
+    `minutes` are up; `parallel` at once, each pinned to its own `workers` cores. agents: the directory
+    of the runs' newest agents."""
     deadline = time.time() + 60 * minutes
-    dropped = [r for r in runs(names, seeds)
-               if segment_logs(r[2]) and not os.path.exists(os.path.join(r[2], "agent.pkl"))]
+    agent = {r[2]: os.path.join(agents, f"{r[0]}-s{r[1]}.pkl") for r in runs(names, seeds)}
+    dropped = [r for r in runs(names, seeds) if segment_logs(r[2]) and not os.path.exists(agent[r[2]])]
     for name, seed, _ in dropped:
-        print(f"{name} seed {seed}: skipped, its agent is not kept (a run dropped at an earlier stage)")
+        print(f"{name} seed {seed}: skipped, its agent is not in {agents}")
     lock, busy, failed = threading.Lock(), set(), []
     all_cores = sorted(os.sched_getaffinity(0)) if parallel > 1 else None
 
@@ -83,14 +87,14 @@ def train(names, seeds, steps, minutes, workers, parallel):
             print(f"{name} seed {seed}: {steps_done(keep):,} agent steps so far, training on in {run_dir}",
                   flush=True)
             try:
-                train_segment(keep, run_dir, ["--workers", workers, *CANDIDATES[name]], seed=seed,
+                train_segment(keep, run_dir, ["--workers", workers, *CANDIDATES[name]], agent[keep], seed=seed,
                               first_from=START, minutes=(deadline - time.time()) / 60, until_steps=steps,
                               evaluate=False, cores=cores)
             except SegmentFailed as e:
                 failed.append(f"{name} seed {seed}: {e}")     # this lane stops; the others go on
                 return
             if steps_done(keep) >= steps:
-                evaluate_agent(keep, len(segment_logs(keep)), cores=cores)
+                evaluate_agent(keep, len(segment_logs(keep)), agent[keep], cores=cores)
             with lock:
                 busy.discard(keep)
 
@@ -200,13 +204,16 @@ def main():
     run.add_argument("--steps", type=float, default=5e6, help="agent steps a run trains (default: 5M)")
     run.add_argument("--workers", type=int, default=2, help="workers of every run (default: 2)")
     run.add_argument("--parallel", type=int, default=1, help="runs at once, each on its own cores (Linux)")
+    run.add_argument("--agents", default=AGENTS, help="the runs' newest agents, outside the tree "
+                     "(default: %(default)s)")
     rep = sub.add_parser("report", help="the table and the picture")
     for p in (run, rep):
         p.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
         p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     args = ap.parse_args()
     if args.command == "run":
-        train(args.candidates, args.seeds, args.steps, args.minutes, args.workers, args.parallel)
+        train(args.candidates, args.seeds, args.steps, args.minutes, args.workers, args.parallel,
+              os.path.expanduser(args.agents))
     else:
         report(args.candidates, args.seeds)
 

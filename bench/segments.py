@@ -1,11 +1,13 @@
 """A training run kept in segments, for runs longer than a machine may stay up (bench/night.py,
 bench/plateau.py).
 
-What must survive a segment is small and kept in one directory (`keep`): each segment's log
-(segN.csv), the newest agent (agent.pkl, 5 MB) and its evaluations (evals.csv). The next segment, on
-any machine, starts from that agent with `--init-from` (a fresh RMSProp cache, under which the
-learning rate warms up: pong_pg.learning_rate); the big checkpoints stay in the segment's run
-directory under runs/, which may be lost.
+What must survive a segment is small and kept in one directory of the tree (`keep`): each segment's
+log (segN.csv) and its evaluations (evals.csv). The newest agent (5 MB) is kept outside the tree, in
+the file `agent` (a path argument: every 5 MB committed stays in every clone's history). The next
+segment starts from that agent with `--init-from` (a fresh RMSProp cache, under which the learning
+rate warms up: pong_pg.learning_rate); the big checkpoints stay in the segment's run directory, which
+may be lost. What a re-run reproduces: the same settings and steps, not the same numbers (with two
+workers or more, the order in which episodes finish depends on timing).
 """
 import csv
 import glob
@@ -20,9 +22,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from learning_curves import read_log
-
 from pong_pg import RUNNING_MEAN_DECAY
+from watch import read_log
 
 EVAL_COLUMNS = ["segment", "agent_steps", "sampled_mean", "sampled_won", "greedy_mean", "greedy_won"]
 
@@ -69,17 +70,16 @@ def pinned(cores):
     return (lambda: os.sched_setaffinity(0, cores)) if cores else None
 
 
-def train_segment(keep, run_dir, flags, seed=0, first_from=None, minutes=None, until_steps=None, evaluate=True,
-                  cores=None):
-    """Train one more segment of the run kept in keep, in run_dir (new): from keep's agent, or for the
-    first segment from first_from (None: a fresh network), with the trainer's flags, for `minutes` or
+def train_segment(keep, run_dir, flags, agent, seed=0, first_from=None, minutes=None, until_steps=None,
+                  evaluate=True, cores=None):
+    """Train one more segment of the run kept in keep, in run_dir (new): from the agent file `agent`, or
+    for the first segment from first_from (None: a fresh network), with the trainer's flags, for `minutes` or
     until the run has `until_steps` agent steps in all, whichever comes first; then keep its log and
     agent (finish). Segment N+1 plays with --seed seed + N: its episodes' random numbers are not the
     first segment's again. cores: pin the trainer and its evaluation to these cores (Linux), as if
     the machine had only them."""
     done = len(segment_logs(keep))
-    start = ["--init-from", os.path.join(keep, "agent.pkl")] if done else (["--init-from", first_from]
-                                                                          if first_from else [])
+    start = ["--init-from", agent] if done else (["--init-from", first_from] if first_from else [])
     offset, log = steps_done(keep), os.path.join(run_dir, "log.csv")
     proc = subprocess.Popen(trainer("--quiet", "--seed", seed + done, "--checkpoint-dir", run_dir, *start, *flags),
                             cwd=ROOT, preexec_fn=pinned(cores))
@@ -93,28 +93,28 @@ def train_segment(keep, run_dir, flags, seed=0, first_from=None, minutes=None, u
         time.sleep(2)
     # The trainer exits 0 when done, 128 + the signal's number when a stop signal (this SIGINT, a
     # Ctrl-C) made it save and stop. Any other end is a failure (a worker died, no ale-py, a full disk)
-    # and keeps nothing: its agent would replace keep's with an untrained copy.
+    # and keeps nothing: its agent would replace the kept one with an untrained copy.
     episodes = len(read_log(log))
     if not (proc.returncode == 0 or proc.returncode > 128) or not episodes:
         raise SegmentFailed(f"the trainer in {run_dir} ended with exit code {proc.returncode} after "
                             f"{episodes} episodes; {keep} is left as it was")
-    finish(keep, run_dir, evaluate, cores)
+    finish(keep, run_dir, agent, evaluate, cores)
 
 
-def finish(keep, run_dir, evaluate=True, cores=None):
-    """Keep run_dir's log as the next segment's and its agent as agent.pkl; evaluate the agent."""
+def finish(keep, run_dir, agent, evaluate=True, cores=None):
+    """Keep run_dir's log as the next segment's and its agent as the file `agent`; evaluate the agent."""
     os.makedirs(keep, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(agent)), exist_ok=True)
     segment = len(segment_logs(keep)) + 1
     shutil.copyfile(os.path.join(run_dir, "log.csv"), os.path.join(keep, f"seg{segment}.csv"))
-    agent = os.path.join(keep, "agent.pkl")
     subprocess.run(trainer("--checkpoint-dir", run_dir, "--export", agent), cwd=ROOT, check=True)   # atomic
     if evaluate:
-        evaluate_agent(keep, segment, cores=cores)
+        evaluate_agent(keep, segment, agent, cores=cores)
 
 
-def evaluate_agent(keep, segment, games=30, cores=None):
-    """--eval games of keep's agent, a row of keep/evals.csv."""
-    out = subprocess.run(trainer("--checkpoint", os.path.join(keep, "agent.pkl"), "--eval", games), cwd=ROOT,
+def evaluate_agent(keep, segment, agent, games=30, cores=None):
+    """--eval games of the agent file `agent`, a row of keep/evals.csv."""
+    out = subprocess.run(trainer("--checkpoint", agent, "--eval", games), cwd=ROOT,
                          check=True, capture_output=True, text=True, preexec_fn=pinned(cores)).stdout
     pattern = r"(sampled|greedy) policy: mean score ([-+.\d]+) .*?won (\d+)/"
     found = {mode: (mean, won) for mode, mean, won in re.findall(pattern, out)}

@@ -20,7 +20,9 @@ import sys
 from collections import defaultdict
 
 import numpy as np
-from learning_curves import MILESTONES, first_reaching, read_log
+from learning_curves import MILESTONES, first_reaching
+
+from watch import read_log
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 LOGS = os.path.join(BENCH, "staleness")

@@ -23,75 +23,56 @@ sys.path.insert(0, ROOT)
 
 import numpy as np
 
-from pong_pg import (
-    DICE_AT_ONCE,
-    DOWN,
-    UP,
-    compact_episode,
-    episode_sums,
-    init_model,
-    play_for_batch,
-    play_weights,
-    policy_forward_sparse,
-)
-from preprocess import COLORS, D, difference_values, learn_colors, screen_difference, screen_pixels
-from throughput import _tree_rss_bytes, children_by_parent
+import pong_pg_fast
+from pong_pg import init_model
+from pong_pg_fast import episode_sums, play_episode, play_for_batch, play_weights
+from throughput import children_by_parent, tree_rss_bytes
 from workers import game_step, make_env
 
-PIECES = ["the emulator (game_step: 4 frames)", "read the palette screen (and the dice)", "downsample it to 80x80",
-          "the sparse difference frame", "the sparse forward pass", "sample the action", "keep the step",
-          "the episode's gradient sums (at its end)"]
+CLOCK = time.perf_counter
+TIMED = {"game_step": "the emulator (game_step: 4 frames)", "screen_pixels": "downsample it to 80x80",
+         "screen_difference": "the sparse difference frame", "policy_forward_sparse": "the sparse forward pass"}
+REST = "the rest: read the screen, the dice, keep the step"
+SUMS = "the episode's gradient sums (at its end)"
+
+
+def timed(function, spent, piece):
+    """function, its time added to spent[piece] at each call."""
+    def call(*args, **kwargs):
+        start = CLOCK()
+        result = function(*args, **kwargs)
+        spent[piece] += CLOCK() - start
+        return result
+    return call
 
 
 def worker_loop(env, weights, steps):
-    """Microseconds per agent step of each piece of a worker's work, timed inside one loop that does
-    what play_for_batch does: each piece is paid for with the cache misses the emulator leaves it,
-    and a machine that changes speed changes every piece alike. Then play_for_batch itself."""
-    rng, ale, clock = np.random.default_rng(0), env.unwrapped.ale, time.perf_counter
-    screen, pixels, previous = np.empty((210, 160), np.uint8), np.empty(D, np.uint8), np.empty(D, np.uint8)
-    spent, played = [0.0] * len(PIECES), 0
+    """Microseconds per agent step of each piece of a worker's work: play_episode itself, with the
+    functions it calls for each piece timed (each piece is paid for with the cache misses the emulator
+    leaves it; the timers add ~0.1 us a call, in the pieces and the rest), then episode_sums. Then
+    play_for_batch (the two together) timed alone."""
+    spent = dict.fromkeys([*TIMED.values(), REST, SUMS], 0.0)
+    real = {name: getattr(pong_pg_fast, name) for name in TIMED}
+    pong_pg_fast.game_step = lambda env: timed(game_step(env), spent, TIMED["game_step"])
+    for name in ("screen_pixels", "screen_difference", "policy_forward_sparse"):
+        setattr(pong_pg_fast, name, timed(real[name], spent, TIMED[name]))
+    rng, played = np.random.default_rng(0), 0
+    try:
+        while played < steps:
+            start = CLOCK()
+            episode = play_episode(env, weights, rng)
+            spent[REST] += CLOCK() - start
+            timed(episode_sums, spent, SUMS)(weights, episode, 0.99)
+            played += episode.steps
+    finally:
+        for name, function in real.items():
+            setattr(pong_pg_fast, name, function)
+    spent[REST] -= sum(spent[piece] for piece in TIMED.values())
+    pieces = {piece: 1e6 * seconds / played for piece, seconds in spent.items()}
+    rng, played, start = np.random.default_rng(0), 0, CLOCK()
     while played < steps:
-        env.reset()
-        step = game_step(env)
-        ale.getScreen(screen)
-        screen_pixels(screen, previous)
-        learn_colors(COLORS, previous, screen, ale.getScreenRGB)
-        idxs, turned_on, ups, rewards = [], [], [], []
-        done = False
-        while not done:
-            t0 = clock()
-            if len(ups) % DICE_AT_ONCE == 0:
-                dice = rng.random(DICE_AT_ONCE)
-            ale.getScreen(screen)
-            t1 = clock()
-            screen_pixels(screen, pixels)
-            t2 = clock()
-            idx, on = screen_difference(pixels, previous, COLORS, screen, ale.getScreenRGB)
-            pixels, previous = previous, pixels
-            t3 = clock()
-            p_up, _ = policy_forward_sparse(weights, idx, difference_values(on))
-            t4 = clock()
-            up = dice[len(ups) % DICE_AT_ONCE] < p_up
-            t5 = clock()
-            reward, terminated, truncated = step(UP if up else DOWN)
-            t6 = clock()
-            idxs.append(idx)
-            turned_on.append(on)
-            ups.append(up)
-            rewards.append(reward)
-            done = terminated or truncated
-            t7 = clock()
-            for piece, seconds in enumerate((t6 - t5, t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t7 - t6)):
-                spent[piece] += seconds                                # (plain floats: no numpy between steps)
-        t0 = clock()
-        episode_sums(weights, compact_episode(idxs, turned_on, ups, rewards), 0.99)
-        spent[-1] += clock() - t0
-        played += len(ups)
-    pieces = 1e6 * np.array(spent) / played
-    rng, played, start = np.random.default_rng(0), 0, clock()
-    while played < steps:
-        played += play_for_batch(env, weights, rng, gamma=0.99, per_episode=False).steps
-    return pieces, 1e6 * (clock() - start) / played
+        played += play_for_batch(env, weights, rng, gamma=0.99, per_episode=False, entropy=True).steps
+    return pieces, 1e6 * (CLOCK() - start) / played
 
 
 def cpu_seconds(pid):
@@ -120,7 +101,7 @@ def training_run(seconds, workers, init_from=None):
         steps_before = np.loadtxt(log, delimiter=",", skiprows=1, ndmin=2)[-1, 4]
         before, start, peak = [cpu_seconds(p) for p in pids], time.time(), 0
         while time.time() - start < seconds:
-            peak = max(peak, _tree_rss_bytes(proc.pid))
+            peak = max(peak, tree_rss_bytes(proc.pid))
             time.sleep(0.5)
         after, wall = [cpu_seconds(p) for p in pids], time.time() - start
         steps = np.loadtxt(log, delimiter=",", skiprows=1, ndmin=2)[-1, 4] - steps_before
@@ -151,10 +132,11 @@ def main():
         weights = play_weights(init_model(200, np.random.default_rng(0)))
         print("1. a worker's loop, one process, us per agent step:")
         pieces, whole = worker_loop(env, weights, args.steps)
-        for name, us in zip(PIECES, pieces, strict=True):
-            print(f"   {name:42s} {us:6.1f}")
-        print(f"   {'ours (all but the emulator)':42s} {pieces[1:].sum():6.1f}")
-        print(f"   {'play_for_batch as a whole, timed alone':42s} {whole:6.1f}", flush=True)
+        for name, us in pieces.items():
+            print(f"   {name:50s} {us:6.1f}")
+        ours = sum(pieces.values()) - pieces[TIMED["game_step"]]
+        print(f"   {'ours (all but the emulator)':50s} {ours:6.1f}")
+        print(f"   {'play_for_batch as a whole, timed alone':50s} {whole:6.1f}", flush=True)
         env.close()
 
     cores = len(os.sched_getaffinity(0))

@@ -34,8 +34,9 @@ USER_ENVIRONMENT = dict(os.environ)    # for the subprocesses: importing pong_pg
 import numpy as np
 
 import checkpoint
-import pong_pg
-from pong_pg import DOWN, UP
+from cli import SHIPPED_AGENT
+from pong_pg import DOWN, UP, Hyperparameters
+from training_run import CHECKPOINT_FILE, TrainingState, load_agent
 from workers import game_step, make_env
 
 # ---------------------------------------------------------------- memory of a process tree
@@ -54,7 +55,7 @@ def children_by_parent():
     return children
 
 
-def _tree_rss_bytes(root_pid):
+def tree_rss_bytes(root_pid):
     """Resident memory of root_pid and all its descendants, from /proc."""
     children = children_by_parent()
     total, todo = 0, [root_pid]
@@ -131,16 +132,16 @@ def this_trainer(workers, seconds, agent=None, plain=False):
         cmd = [sys.executable, os.path.join(ROOT, "pong_pg.py"), "--quiet", "--checkpoint-dir", tmp]
         cmd += ["--plain", "--preset", "2016"] if plain else ["--workers", str(workers)]
         if agent is not None:
-            state = pong_pg.new_state(pong_pg.choose_hyperparameters(pong_pg.parse_args([]), None), 0)
-            state["model"] = pong_pg.load_agent(agent)["model"]
-            checkpoint.save(os.path.join(tmp, pong_pg.CHECKPOINT_FILE), state)
+            state = TrainingState.new(Hyperparameters(), 0)
+            state.model = load_agent(agent)["model"]
+            checkpoint.save(os.path.join(tmp, CHECKPOINT_FILE), state.to_checkpoint())
             cmd += ["--resume", "--lr", "1e-12"]    # all the learning work, but the agent stays as good
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                 env=USER_ENVIRONMENT)
         peak = 0
         first_episode_at = None
         while first_episode_at is None or time.time() - first_episode_at < seconds:
-            peak = max(peak, _tree_rss_bytes(proc.pid))
+            peak = max(peak, tree_rss_bytes(proc.pid))
             if first_episode_at is None and os.path.exists(log) and os.path.getsize(log) > 80:
                 first_episode_at = time.time()
             time.sleep(0.1)
@@ -177,13 +178,13 @@ def main():
     b, b_peak, b_length = this_trainer(1, args.seconds, plain=True)
     print(f"(b) the plain loop: {b:,.0f} steps/s ({b_length:,.0f}-step games), peak {b_peak / 2**20:,.0f} MB",
           flush=True)
-    bl, bl_peak, bl_length = this_trainer(1, 2 * args.seconds, pong_pg.SHIPPED_AGENT, plain=True)
+    bl, bl_peak, bl_length = this_trainer(1, 2 * args.seconds, SHIPPED_AGENT, plain=True)
     print(f"(b') the plain loop from the shipped agent: {bl:,.0f} steps/s ({bl_length:,.0f}-step games), "
           f"peak {bl_peak / 2**20:,.0f} MB", flush=True)
     # each trainer run is divided by the emulator's limit measured just before and just after it
     limits, runs = [random_players("emulator", args.workers, args.seconds)], {"c": [], "c'": []}
     for _ in range(args.rounds):
-        for name, agent in (("c", None), ("c'", pong_pg.SHIPPED_AGENT)):
+        for name, agent in (("c", None), ("c'", SHIPPED_AGENT)):
             rate, peak, length = this_trainer(args.workers, args.seconds, agent)
             limits.append(random_players("emulator", args.workers, args.seconds))
             runs[name].append((rate / ((limits[-2] + limits[-1]) / 2), rate, peak, length))

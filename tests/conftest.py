@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import checkpoint
-from pong_pg import DOWN, UP, init_model, play_weights
+from pong_pg import DOWN, UP, init_model
+from pong_pg_fast import play_weights
 from preprocess import dense_difference, difference_values, preprocess, sparse_difference
 from workers import make_env
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import checkpoint
-import pong_pg
+import cli
+import pong_pg_fast
+import training_run
 from checkpoint import CheckpointError
 from conftest import run
 
@@ -94,20 +96,20 @@ def test_a_hostile_pickle_beside_arrays_runs_nothing(tmp_path):
 
 def test_export_format_2016_is_what_the_2016_script_loads_and_plays(tmp_path, real_steps):
     exported = tmp_path / "save.p"
-    result = run("--export", exported, "--format", "2016", "--checkpoint", pong_pg.SHIPPED_AGENT)
+    result = run("--export", exported, "--format", "2016", "--checkpoint", cli.SHIPPED_AGENT)
     assert result.returncode == 0, result.stderr
     with open(exported, "rb") as f:
         model = pickle.load(f)                                  # the 2016 script's own load
     assert set(model) == {"W1", "W2"} and model["W1"].dtype == model["W2"].dtype == np.float64
     assert model["W1"].shape == (200, 6400) and model["W2"].shape == (200,)
-    weights = pong_pg.play_weights(pong_pg.load_agent(pong_pg.SHIPPED_AGENT)["model"])
+    weights = pong_pg_fast.play_weights(training_run.load_agent(cli.SHIPPED_AGENT)["model"])
     (indptr, idx, vals), X = real_steps
     for t in (10, 120, 300):
         h = np.dot(model["W1"], X[t])                          # the 2016 policy_forward
         h[h < 0] = 0
         p_2016 = 1.0 / (1.0 + np.exp(-np.dot(model["W2"], h)))
         sl = slice(indptr[t], indptr[t + 1])
-        p_ours, _ = pong_pg.policy_forward_sparse(weights, idx[sl].astype(np.intp), vals[sl].astype(np.float32))
+        p_ours, _ = pong_pg_fast.policy_forward_sparse(weights, idx[sl].astype(np.intp), vals[sl].astype(np.float32))
         assert abs(p_2016 - p_ours) < 1e-5
 
 

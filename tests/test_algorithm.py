@@ -3,29 +3,33 @@ hand-written gradients agree with finite differences."""
 import numpy as np
 import pytest
 
-import pong_pg
+import pong_pg_fast
 from conftest import random_weights
 from pong_pg import (
     DOWN,
     EPSILON,
     UP,
-    BatchGradient,
-    Episode,
+    Hyperparameters,
     PlainEpisode,
-    accumulate_sparse_gradients,
     batch_gradient_plain,
     discount_rewards,
     init_model,
-    pixel_major,
-    play_episode,
+    learning_rate,
     play_episode_plain,
-    play_weights,
     policy_backward,
     policy_forward,
-    policy_forward_sparse,
     rmsprop_step,
     sigmoid,
     standardize,
+)
+from pong_pg_fast import (
+    BatchGradient,
+    SparseEpisode,
+    accumulate_sparse_gradients,
+    pixel_major,
+    play_episode,
+    play_weights,
+    policy_forward_sparse,
     update,
 )
 from preprocess import D
@@ -39,6 +43,11 @@ def sparse_backward(W1, W2, indptr, idx, vals, up, coefs, entropy=False):
     accumulate_sparse_gradients(np.ascontiguousarray(W1.T), W2, indptr, idx, vals, up, coefs, dW1T, dW2,
                                 entropy=entropy)
     return dW1T.reshape(D, K, H).transpose(1, 2, 0), dW2
+
+
+def hyper(**given):
+    """Hyperparameters for a test: the defaults, but no entropy bonus unless given."""
+    return Hyperparameters(**{"entropy": 0.0, **given})
 
 
 def model64(hidden=200, seed=0):
@@ -110,7 +119,7 @@ def test_the_entropy_bonus_matches_finite_differences_plain_and_sparse(episode):
     model = model64()
     model["W2"] *= 20
     advantages = standardize(discount_rewards(rewards, 0.99))
-    plain = batch_gradient_plain(model, [plain_episode(model, X, up, rewards)], 0.99, entropy=0.5)
+    plain = batch_gradient_plain(model, [plain_episode(model, X, up, rewards)], hyper(entropy=0.5))
     check_against_finite_differences(model, plain, X, up, advantages, entropy=0.5)
     dW1, dW2 = sparse_backward(model["W1"], model["W2"], *frames, up, advantages[:, None], entropy=True)
     sparse = {"W1": dW1[0] + 0.5 * dW1[1], "W2": dW2[0] + 0.5 * dW2[1]}
@@ -185,10 +194,10 @@ def test_batch_gradient_equals_the_plain_batch_gradient(episode, entropy):
     for a, b in zip(cuts[:-1], cuts[1:], strict=True):
         r = rewards[a:b].copy()
         r[-1] = r[-1] or 1.0                          # each episode ends on a point
-        batch.add_episode(weights, Episode(indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]],
+        batch.add_episode(weights, SparseEpisode(indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]],
                                            vals[indptr[a]:indptr[b]], up[a:b], r), 0.99)
         plain.append(plain_episode(m64, X[a:b], up[a:b], r))
-    ref = batch_gradient_plain(m64, plain, 0.99, entropy=entropy)
+    ref = batch_gradient_plain(m64, plain, hyper(entropy=entropy))
     grad = batch.gradient()
     assert batch.episodes == 3 and batch.steps == len(up)
     np.testing.assert_allclose(grad["W1"], ref["W1"], atol=1e-5 * np.abs(ref["W1"]).max())
@@ -200,10 +209,10 @@ def test_rmsprop_step_matches_formula():
     model = {"W1": rng.standard_normal((3, 4)).astype(np.float32), "W2": rng.standard_normal(3).astype(np.float32)}
     cache = {k: np.abs(rng.standard_normal(v.shape)).astype(np.float32) for k, v in model.items()}
     grad = {k: rng.standard_normal(v.shape) for k, v in model.items()}
-    lr, decay, eps = 1e-2, 0.9, 1e-5
+    lr, decay, eps = 1e-2, 0.9, EPSILON
     expected_cache = {k: decay * cache[k] + (1 - decay) * grad[k] ** 2 for k in model}
     expected = {k: model[k] + lr * grad[k] / (np.sqrt(expected_cache[k]) + eps) for k in model}
-    rmsprop_step(model, cache, grad, lr, decay, eps)
+    rmsprop_step(model, cache, grad, lr, decay)
     for k in model:
         np.testing.assert_allclose(cache[k], expected_cache[k], rtol=1e-5)
         np.testing.assert_allclose(model[k], expected[k], rtol=1e-5)
@@ -218,13 +227,13 @@ def test_update_in_blocks_is_one_rmsprop_step_on_the_whole_gradient(episode, per
     as the learner keeps them."""
     frames, X, up, rewards = episode
     weights, batch = random_weights(4), BatchGradient(200, per_episode)
-    batch.add_episode(weights, Episode(*frames, up, rewards), 0.99)
+    batch.add_episode(weights, SparseEpisode(*frames, up, rewards), 0.99)
     model = init_model(200, np.random.default_rng(8))
     cache = {k: np.random.default_rng(9).random(v.shape).astype(v.dtype) for k, v in model.items()}
     blocked = ({k: layout(v) for k, v in model.items()}, {k: layout(v) for k, v in cache.items()})
     assert blocked[0]["W1"].flags.f_contiguous == (layout is pixel_major)
-    rmsprop_step(model, cache, batch.gradient(), 1e-3, 0.9, EPSILON)
-    update(*blocked, batch, {"lr": 1e-3, "decay_rate": 0.9})
+    rmsprop_step(model, cache, batch.gradient(), 1e-3, 0.9)
+    update(*blocked, batch, 1e-3, 0.9)
     for k in model:
         np.testing.assert_array_equal(blocked[0][k], model[k], err_msg=k)
         np.testing.assert_array_equal(blocked[1][k], cache[k], err_msg=k)
@@ -255,7 +264,7 @@ def test_play_episode_plays_the_same_game_as_play_episode_plain(monkeypatch):
     weights in float64: the same actions, rewards and difference frames, step for step, over two whole
     games with the same seeds (the random numbers drawn 97 at a time here, so that a game crosses many
     draws); the plain loop's h and y - p are the network's at each of its frames."""
-    monkeypatch.setattr(pong_pg, "DICE_AT_ONCE", 97)
+    monkeypatch.setattr(pong_pg_fast, "DICE_AT_ONCE", 97)
     model = init_model(200, np.random.default_rng(3))
     m64 = {k: v.astype(np.float64) for k, v in model.items()}
     fast_env, rgb_env = make_env(), make_env(obs_type="rgb")
@@ -303,8 +312,8 @@ def test_a_batch_after_reset_holds_only_its_own_episodes(episode):
     frames, X, up, rewards = episode
     (indptr, idx, vals) = frames
     weights = random_weights(10)
-    first = Episode(indptr[:201], idx[:indptr[200]], vals[:indptr[200]], up[:200], rewards[:200])
-    second = Episode(indptr[200:] - indptr[200], idx[indptr[200]:], vals[indptr[200]:], up[200:], rewards[200:])
+    first = SparseEpisode(indptr[:201], idx[:indptr[200]], vals[:indptr[200]], up[:200], rewards[:200])
+    second = SparseEpisode(indptr[200:] - indptr[200], idx[indptr[200]:], vals[indptr[200]:], up[200:], rewards[200:])
     reused, new = BatchGradient(200), BatchGradient(200)
     reused.add_episode(weights, first, 0.99)
     reused.reset()
@@ -323,27 +332,26 @@ def test_warm_up_after_an_empty_cache_steps_lr_from_the_first_update():
     lr, decay, g = 1e-3, 0.99, {"W2": np.array([0.5, -2.0, 0.2])}
     for warm in (True, False):
         model, cache = {"W2": np.zeros(3, np.float32)}, {"W2": np.zeros(3, np.float32)}
-        state = {"hyper": {"lr": lr, "decay_rate": decay}, "updates": 0, "warmup_from": 0 if warm else None}
+        settings = hyper(lr=lr, decay_rate=decay)
         for t in range(1, 301):
             before = model["W2"].copy()
-            rmsprop_step(model, cache, g, pong_pg.learning_rate(state), decay, EPSILON)
+            rmsprop_step(model, cache, g, learning_rate(settings, t - 1, 0 if warm else None), decay)
             expected = lr * np.sign(g["W2"]) / (1 if warm else np.sqrt(1 - decay ** t))
             np.testing.assert_allclose(model["W2"] - before, expected, rtol=2e-3)
-            state["updates"] += 1
-    state["warmup_from"] = 290                       # a warm-up begun later counts its updates from there
-    assert pong_pg.learning_rate(state) == pytest.approx(lr * np.sqrt(1 - decay ** 11))
+    # a warm-up begun later counts its updates from there
+    assert learning_rate(settings, 300, 290) == pytest.approx(lr * np.sqrt(1 - decay ** 11))
 
 
 def test_update_changes_w1_only_in_the_columns_of_the_batchs_touched_pixels(episode):
-    """The workers are sent only the rows of W1T whose pixels the batch touched (Policy.patch): every
+    """The workers are sent only the rows of W1T whose pixels the batch touched (WeightsSnapshot.patch): every
     other column of W1 must keep its weights exactly."""
     frames, X, up, rewards = episode
     batch = BatchGradient(200)
-    batch.add_episode(random_weights(4), Episode(*frames, up, rewards), 0.99)
+    batch.add_episode(random_weights(4), SparseEpisode(*frames, up, rewards), 0.99)
     model = {k: pixel_major(v) for k, v in init_model(200, np.random.default_rng(8)).items()}
     cache = {k: np.full_like(v, 1e-3) for k, v in model.items()}
     before = model["W1"].copy()
-    update(model, cache, batch, {"lr": 1e-3, "decay_rate": 0.9})
+    update(model, cache, batch, 1e-3, 0.9)
     moved = (model["W1"] != before).any(axis=0)
     assert moved.any() and not (moved & ~batch.touched).any()
     np.testing.assert_array_equal(model["W1"][:, ~batch.touched], before[:, ~batch.touched])
@@ -352,10 +360,10 @@ def test_update_changes_w1_only_in_the_columns_of_the_batchs_touched_pixels(epis
 def test_a_non_finite_gradient_stops_the_update(episode):
     frames, X, up, rewards = episode
     batch, model = BatchGradient(200), init_model(200, np.random.default_rng(11))
-    batch.add_episode(random_weights(11), Episode(*frames, up, rewards), 0.99)
+    batch.add_episode(random_weights(11), SparseEpisode(*frames, up, rewards), 0.99)
     batch.sums_W1T[batch.pixels()[-1], 3] = np.nan
     with pytest.raises(FloatingPointError):
-        update(model, {k: np.zeros_like(v) for k, v in model.items()}, batch, {"lr": 1e-3, "decay_rate": 0.9})
+        update(model, {k: np.zeros_like(v) for k, v in model.items()}, batch, 1e-3, 0.9)
 
 
 def test_an_unfinished_batch_saved_and_restored_gives_the_same_gradient(episode):
@@ -364,13 +372,13 @@ def test_an_unfinished_batch_saved_and_restored_gives_the_same_gradient(episode)
     frames, X, up, rewards = episode
     (indptr, idx, vals) = frames
     weights = random_weights(6)
-    halves = [Episode(indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]], vals[indptr[a]:indptr[b]], up[a:b],
+    halves = [SparseEpisode(indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]], vals[indptr[a]:indptr[b]], up[a:b],
                       rewards[a:b]) for a, b in ((0, 200), (200, len(up)))]
     whole, resumed = BatchGradient(200), BatchGradient(200)
     for episode_ in halves:
         whole.add_episode(weights, episode_, 0.99)
     resumed.add_episode(weights, halves[0], 0.99)
-    resumed = BatchGradient.from_state(resumed.state(), 200)
+    resumed = BatchGradient.resumed(resumed.state(), hyper())
     resumed.add_episode(weights, halves[1], 0.99)
     expected, got = whole.gradient(), resumed.gradient()
     assert (resumed.steps, resumed.episodes) == (whole.steps, whole.episodes)
@@ -391,7 +399,7 @@ def test_per_episode_standardization_is_the_2016_formula(episode):
     for a, b in zip([0, 150, 260], [150, 260, len(up)], strict=True):
         r = rewards[a:b].copy()
         r[-1] = r[-1] or 1.0
-        batch.add_episode(weights, Episode(indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]],
+        batch.add_episode(weights, SparseEpisode(indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]],
                                            vals[indptr[a]:indptr[b]], up[a:b], r), 0.99)
         plain.append(plain_episode(m64, X[a:b], up[a:b], r))
         discounted_epr = discount_rewards(r, 0.99)
@@ -400,7 +408,7 @@ def test_per_episode_standardization_is_the_2016_formula(episode):
         hs = np.maximum(X[a:b] @ m64["W1"].T, 0)
         grad = policy_backward(m64, hs, X[a:b], discounted_epr * (up[a:b] - sigmoid(hs @ m64["W2"])))
         expected = {k: expected[k] + grad[k] for k in grad}
-    for got in (batch.gradient(), batch_gradient_plain(m64, plain, 0.99, per_episode=True)):
+    for got in (batch.gradient(), batch_gradient_plain(m64, plain, hyper(standardize="episode"))):
         for k in ("W1", "W2"):
             np.testing.assert_allclose(got[k], expected[k], rtol=0, atol=1e-5 * np.abs(expected[k]).max())
-    assert not np.allclose(batch_gradient_plain(m64, plain, 0.99)["W2"], expected["W2"])   # the switch matters
+    assert not np.allclose(batch_gradient_plain(m64, plain, hyper())["W2"], expected["W2"])   # the switch matters

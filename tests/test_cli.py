@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 import checkpoint
-import pong_pg
+import cli
+import training_run
+from cli import parse_args
 from conftest import all_gone_soon, children_of, copy_run, gone, log_rows, run, saved, start, wait_for_rows, workers_of
-from pong_pg import DECAY_RATE, LEARNING_RATE, init_model, parse_args
+from pong_pg import Hyperparameters, init_model
 
 
 def test_help():
@@ -35,7 +37,7 @@ def test_train_then_resume_continues_numbering_log_and_state(tmp_path):
     # the update was RMSProp's first step from the seed's initial weights: with an empty cache,
     # cache = (1 - decay) g^2, so each weight with a gradient moved by lr / sqrt(1 - decay) (for |g| >> eps)
     moved = np.abs(state["model"]["W1"] - init_model(200, np.random.default_rng(0))["W1"])
-    full_step = LEARNING_RATE / np.sqrt(1 - DECAY_RATE)
+    full_step = Hyperparameters().lr / np.sqrt(1 - Hyperparameters().decay_rate)
     assert moved.max() <= full_step * 1.001
     assert np.median(moved[moved > 0]) == pytest.approx(full_step, rel=0.01)
     assert 0.05 < np.mean(moved > 0) < 0.9                 # the pixels the ball and paddles never visited stay
@@ -177,15 +179,15 @@ def test_preset_2016_trains_with_the_2016_settings_and_flags_still_win(tmp_path)
 def test_init_from_an_agent_file_starts_a_new_run_with_its_weights(tmp_path):
     """--init-from the shipped agent: a new run (log from episode 1) whose network is the agent's,
     with a fresh RMSProp cache (an agent file holds none)."""
-    shipped = checkpoint.load(pong_pg.SHIPPED_AGENT)["model"]
-    result = run("--init-from", pong_pg.SHIPPED_AGENT, "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path)
+    shipped = checkpoint.load(cli.SHIPPED_AGENT)["model"]
+    result = run("--init-from", cli.SHIPPED_AGENT, "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path)
     assert result.returncode == 0, result.stderr
     state = saved(tmp_path)
     assert state["episode"] == 1 and len(log_rows(tmp_path)) == 1 and state["updates"] == 0
     for k in ("W1", "W2"):
         np.testing.assert_array_equal(state["model"][k], shipped[k])   # no update yet: exactly its weights
         assert not state["cache"][k].any()
-    assert state["init_from"] == str(pong_pg.SHIPPED_AGENT) and state["warmup_from"] == 0
+    assert state["init_from"] == str(cli.SHIPPED_AGENT) and state["warmup_from"] == 0
     assert int(log_rows(tmp_path)[0]["score"]) > 0                     # it plays as the agent does: it wins
 
 
@@ -193,17 +195,17 @@ def test_init_from_an_agent_file_warms_the_learning_rate_up(tmp_path):
     """An agent file holds no RMSProp cache: its first update steps each weight by at most lr (the warm-up,
     learning_rate()), not the lr / sqrt(1 - decay) = 10 lr of an empty cache at decay 0.99, which would jolt
     the trained agent; the warm-up goes on across --resume, and a damaged count is refused."""
-    shipped = checkpoint.load(pong_pg.SHIPPED_AGENT)["model"]
-    result = run("--init-from", pong_pg.SHIPPED_AGENT, "--episodes", 1, "--batch-size", 1, "--decay-rate", 0.99,
+    shipped = checkpoint.load(cli.SHIPPED_AGENT)["model"]
+    result = run("--init-from", cli.SHIPPED_AGENT, "--episodes", 1, "--batch-size", 1, "--decay-rate", 0.99,
                  "--workers", 1, "--checkpoint-dir", tmp_path)
     assert result.returncode == 0, result.stderr
     assert "warms up" in result.stdout
     state = saved(tmp_path)
     assert (state["updates"], state["warmup_from"]) == (1, 0)
     moved = np.abs(state["model"]["W1"] - shipped["W1"])
-    assert moved.max() <= LEARNING_RATE * 1.001
+    assert moved.max() <= Hyperparameters().lr * 1.001
     # about lr for most weights (RMSProp's eps shrinks the steps of the smallest gradients a little)
-    assert 0.95 * LEARNING_RATE <= np.median(moved[moved > 0]) <= LEARNING_RATE * 1.001
+    assert 0.95 * Hyperparameters().lr <= np.median(moved[moved > 0]) <= Hyperparameters().lr * 1.001
     resumed = run("--resume", "--episodes", 1, "--checkpoint-dir", tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert (saved(tmp_path)["updates"], saved(tmp_path)["warmup_from"]) == (2, 0)
@@ -241,22 +243,22 @@ def test_the_start_seed_goes_on_through_init_from_and_export(tmp_path, one_episo
     assert (saved(tmp_path / "on")["hyper"]["seed"], saved(tmp_path / "on")["start_seed"]) == (5, 0)
     result = run("--export", tmp_path / "agent.pkl", "--checkpoint-dir", tmp_path / "on")
     assert result.returncode == 0, result.stderr
-    agent = pong_pg.load_agent(tmp_path / "agent.pkl")
+    agent = training_run.load_agent(tmp_path / "agent.pkl")
     assert agent["start_seed"] == 0
-    first = pong_pg.init_model(200, np.random.default_rng(0))["W1"]
-    np.testing.assert_array_equal(pong_pg.initial_W1(agent), first)
+    first = init_model(200, np.random.default_rng(0))["W1"]
+    np.testing.assert_array_equal(training_run.initial_W1(agent), first)
     result = run("--init-from", tmp_path / "agent.pkl", "--episodes", 1, "--workers", 1, "--seed", 6,
                  "--checkpoint-dir", tmp_path / "again")
     assert result.returncode == 0, result.stderr
-    np.testing.assert_array_equal(pong_pg.initial_W1(saved(tmp_path / "again")), first)
+    np.testing.assert_array_equal(training_run.initial_W1(saved(tmp_path / "again")), first)
     for unknown in (None, -1, "0", True, 2.0):     # unknown or damaged: the pictures show the weights as they are
-        assert pong_pg.initial_W1(dict(agent, start_seed=unknown)) is None
+        assert training_run.initial_W1(dict(agent, start_seed=unknown)) is None
 
 
 @pytest.mark.parametrize("flags, says", [(["--init-from", "README.md"], "not a pong_pg checkpoint"),
                                          (["--init-from", "no-such.pkl"], "no-such.pkl"),
-                                         (["--init-from", pong_pg.SHIPPED_AGENT, "--hidden", 16], "hidden units"),
-                                         (["--init-from", pong_pg.SHIPPED_AGENT, "--resume"], "choose one")])
+                                         (["--init-from", cli.SHIPPED_AGENT, "--hidden", 16], "hidden units"),
+                                         (["--init-from", cli.SHIPPED_AGENT, "--resume"], "choose one")])
 def test_init_from_refuses_what_cannot_start_a_run_before_writing_anything(tmp_path, flags, says):
     result = run(*flags, "--checkpoint-dir", tmp_path / "run")
     assert result.returncode == 2 and says in result.stderr, result.stderr

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import checkpoint
-import pong_pg
+import cli
+import pong_pg_fast
+import training_run
 from conftest import (
     PONG_PG,
     ROOT,
@@ -61,7 +63,7 @@ def test_sigkill_at_random_moments_and_inside_saves_loses_nothing(tmp_path):
         proc.kill()
         proc.wait()
         inside_a_save += any(name.startswith(checkpoint.TEMPORARY_PREFIX) for name in os.listdir(tmp_path))
-        pong_pg.load_state(tmp_path / "pong_pg.pkl")   # always loads, whole
+        training_run.load_state(tmp_path / "pong_pg.pkl")   # always loads, whole
     assert inside_a_save >= 2, "too few kills landed inside a save to prove anything"
 
     before = saved(tmp_path)["episode"]
@@ -91,7 +93,7 @@ def test_a_failing_save_keeps_the_previous_checkpoint_and_training_goes_on(tmp_p
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(fd)
     monkeypatch.setattr(checkpoint.os, "fsync", disk_full_three_times)
-    pong_pg.main(["--resume", "--episodes", "5", "--batch-size", "1", "--save-every", "1", "--workers", "1",
+    cli.main(["--resume", "--episodes", "5", "--batch-size", "1", "--save-every", "1", "--workers", "1",
                   "--checkpoint-dir", str(tmp_path)])
     out, err = capsys.readouterr()
     assert err.count("could not save the checkpoint") == 1                       # said once, with the reason
@@ -117,9 +119,9 @@ def test_a_failing_final_save_says_what_is_kept_and_exits_75(tmp_path, one_episo
     good = (tmp_path / "pong_pg.pkl").read_bytes()
     no_space_for_checkpoints(monkeypatch)
     with pytest.raises(SystemExit) as exit_:
-        pong_pg.main(["--resume", "--episodes", "3", "--batch-size", "1", "--save-every", "1", "--workers", "1",
+        cli.main(["--resume", "--episodes", "3", "--batch-size", "1", "--save-every", "1", "--workers", "1",
                       "--checkpoint-dir", str(tmp_path)])
-    assert exit_.value.code == pong_pg.EXIT_LAST_CHECKPOINT_KEPT == 75
+    assert exit_.value.code == training_run.EXIT_LAST_CHECKPOINT_KEPT == 75
     err = capsys.readouterr().err
     assert err.count("could not save the checkpoint") == 1
     assert err.endswith(FINAL_LINE.format(path=tmp_path / "pong_pg.pkl", lost=3))
@@ -132,15 +134,15 @@ def test_a_stop_whose_final_save_fails_says_so_once_and_exits_75(tmp_path, one_e
     copy_run(one_episode_run, tmp_path)
     no_space_for_checkpoints(monkeypatch)
     monkeypatch.setattr(Stop, "signum", None)           # restored when the test ends: later tests start unstopped
-    real_count = pong_pg.count_episode
+    real_count = training_run.Run.episode_done
 
-    def count_then_stop(state, episode):
-        real_count(state, episode)
-        if state["episode"] == 4:
+    def count_then_stop(run, episode):
+        real_count(run, episode)
+        if run.state.episode == 4:
             os.kill(os.getpid(), signal.SIGTERM)
-    monkeypatch.setattr(pong_pg, "count_episode", count_then_stop)
+    monkeypatch.setattr(training_run.Run, "episode_done", count_then_stop)
     with pytest.raises(SystemExit) as exit_:
-        pong_pg.main(["--resume", "--batch-size", "1", "--save-every", "1", "--workers", "1",
+        cli.main(["--resume", "--batch-size", "1", "--save-every", "1", "--workers", "1",
                       "--checkpoint-dir", str(tmp_path)])
     assert exit_.value.code == 75
     err = capsys.readouterr().err
@@ -176,18 +178,18 @@ def test_non_finite_numbers_stop_training_and_keep_the_last_good_checkpoint(tmp_
                                                                           capsys, poison):
     copy_run(one_episode_run, tmp_path)
     good = (tmp_path / "pong_pg.pkl").read_bytes()
-    real_step = pong_pg.rmsprop_step
+    real_step = pong_pg_fast.rmsprop_rows
 
-    def poisoned_step(model, cache, grad, *args, **kwargs):      # the first RMSProp step of an update goes wrong
-        k = next(iter(grad))
+    def poisoned_step(W, cache, g, *args):          # the first RMSProp step of an update (W2's) goes wrong
         if poison == "gradient":
-            grad[k].flat[0] = np.inf
-        real_step(model, cache, grad, *args, **kwargs)
+            g = g.copy()
+            g.flat[0] = np.inf
+        real_step(W, cache, g, *args)
         if poison != "gradient":
-            {"model": model, "cache": cache}[poison][k].flat[3] = np.nan
-    monkeypatch.setattr(pong_pg, "rmsprop_step", poisoned_step)
+            {"model": W, "cache": cache}[poison].flat[3] = np.nan
+    monkeypatch.setattr(pong_pg_fast, "rmsprop_rows", poisoned_step)
     with pytest.raises(SystemExit) as exit_:
-        pong_pg.main(["--resume", "--episodes", "4", "--batch-size", "1", "--save-every", "1", "--workers", "1",
+        cli.main(["--resume", "--episodes", "4", "--batch-size", "1", "--save-every", "1", "--workers", "1",
                       "--checkpoint-dir", str(tmp_path)])
     assert exit_.value.code == 1
     assert "training diverged" in capsys.readouterr().err
@@ -252,7 +254,7 @@ def test_a_failing_log_write_never_stops_training_and_loses_no_row(tmp_path, one
                                                                   capsys):
     copy_run(one_episode_run, tmp_path)
     calls = failing_log_writes(monkeypatch, fails=lambda: len(calls) < 3)     # rows 2 and 3 wait
-    pong_pg.main(["--resume", "--episodes", "4", "--batch-size", "1", "--save-every", "1", "--workers", "1",
+    cli.main(["--resume", "--episodes", "4", "--batch-size", "1", "--save-every", "1", "--workers", "1",
                   "--checkpoint-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert len(calls) == 3 and "Traceback" not in err
@@ -267,7 +269,7 @@ def test_log_rows_the_disk_did_not_take_are_kept_in_the_checkpoint(tmp_path, one
     """The disk stays full to the end: the rows wait in the checkpoint, and --resume writes them."""
     copy_run(one_episode_run, tmp_path)
     failing_log_writes(monkeypatch, fails=lambda: True)
-    pong_pg.main(["--resume", "--episodes", "2", "--batch-size", "1", "--workers", "1",
+    cli.main(["--resume", "--episodes", "2", "--batch-size", "1", "--workers", "1",
                   "--checkpoint-dir", str(tmp_path)])
     monkeypatch.undo()
     assert len(log_rows(tmp_path)) == 1 and len(saved(tmp_path)["log_pending"]) == 2

@@ -4,7 +4,8 @@ import tracemalloc
 import numpy as np
 
 from conftest import random_weights
-from pong_pg import BatchGradient, Episode, PlainEpisode, batch_gradient_plain, init_model, play_episode
+from pong_pg import Hyperparameters, PlainEpisode, batch_gradient_plain, init_model
+from pong_pg_fast import BatchGradient, SparseEpisode, play_episode
 from workers import make_env, task_rng
 
 
@@ -24,7 +25,7 @@ def long_episode(real_steps, steps):
 
 def peak_bytes_of_learning_from(frames, up, rewards, weights):
     batch = BatchGradient(200)               # its accumulators exist before the episode arrives
-    episode = Episode(*frames, up, rewards)
+    episode = SparseEpisode(*frames, up, rewards)
     tracemalloc.start()
     batch.add_episode(weights, episode, 0.99)
     peak = tracemalloc.get_traced_memory()[1]
@@ -69,7 +70,7 @@ def test_the_plain_batch_gradient_holds_one_episodes_frames_as_floats_at_a_time(
         episodes.append(PlainEpisode(xs, hs, ys, ys - 0.5, rewards))
     one_episode_as_floats = steps * 6400 * 8
     tracemalloc.start()
-    batch_gradient_plain(model, episodes, 0.99)
+    batch_gradient_plain(model, episodes, Hyperparameters(entropy=0.0))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert one_episode_as_floats < peak < 1.5 * one_episode_as_floats + 4 * model["W1"].nbytes, peak

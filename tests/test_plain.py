@@ -1,5 +1,6 @@
 """--plain, the 2016 loop as written, against the fast trainer: the same games, the same updates; and
-the same book-keeping (checkpoints, --resume, Ctrl-C), the unfinished batch across the two."""
+the same book-keeping (checkpoints, --resume, Ctrl-C); an unfinished batch is kept by each trainer for
+itself, and one of the other trainer starts afresh."""
 import csv
 import os
 import re
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 
 import checkpoint
-import pong_pg
 from conftest import ROOT, log_rows, run, saved, start, wait_for_rows
+from pong_pg import init_model
 
 SAME_IN_BOTH = ["episode", "score", "running_mean", "steps", "total_steps", "update"]   # all but the time
 
@@ -48,25 +49,31 @@ def test_the_plain_and_the_fast_trainer_play_the_same_games_and_make_the_same_up
     fast = run("--workers", 1, *flags, "--checkpoint-dir", tmp_path / "fast")
     assert plain.returncode == 0 and fast.returncode == 0, (plain.stderr, fast.stderr)
     assert "training the plain way" in plain.stdout and plain.stdout.count("update ") == 2
-    start = {k: v.astype(np.float64) for k, v in pong_pg.init_model(200, np.random.default_rng(3)).items()}
+    start = {k: v.astype(np.float64) for k, v in init_model(200, np.random.default_rng(3)).items()}
     assert_same_training(tmp_path / "plain", tmp_path / "fast", start)
 
 
-def test_an_unfinished_plain_batch_goes_on_in_the_fast_trainer(tmp_path):
-    """A --plain run stopped mid-batch keeps its episodes; resumed by --plain they are replayed, resumed
-    by the fast trainer their gradient sums are computed: the same next update either way."""
-    first = run("--plain", "--episodes", 3, "--batch-size", 2, "--seed", 4, "--quiet", "--checkpoint-dir",
-                tmp_path / "plain")
+def test_an_unfinished_plain_batch_goes_on_in_plain_and_starts_afresh_in_the_fast_trainer(tmp_path):
+    """A --plain run stopped mid-batch keeps its episodes: resumed by --plain they are replayed (the
+    same next update as without the stop); resumed by the fast trainer the batch starts afresh, with
+    one note, and the weights go on in float32."""
+    flags = ["--batch-size", 2, "--seed", 4, "--quiet"]
+    first = run("--plain", "--episodes", 3, *flags, "--checkpoint-dir", tmp_path / "plain")
     assert first.returncode == 0, first.stderr
     state = saved(tmp_path / "plain")
     assert state["batch"] is None and len(state["plain_batch"]) == 1 and state["updates"] == 1
     shutil.copytree(tmp_path / "plain", tmp_path / "fast")
     plain = run("--plain", "--resume", "--episodes", 1, "--quiet", "--checkpoint-dir", tmp_path / "plain")
     fast = run("--resume", "--workers", 1, "--episodes", 1, "--quiet", "--checkpoint-dir", tmp_path / "fast")
-    assert plain.returncode == 0 and fast.returncode == 0, (plain.stderr, fast.stderr)
+    assert plain.returncode == fast.returncode == 0, (plain.stderr, fast.stderr)
+    assert "note" not in plain.stdout and "update 2: " in plain.stdout and " in 2 episodes" in plain.stdout
+    assert saved(tmp_path / "plain")["plain_batch"] is None
+    assert fast.stdout.count("note: ") == 2
     assert "float64 (a --plain run): training goes on in float32" in fast.stdout
-    assert saved(tmp_path / "fast")["plain_batch"] is None
-    assert_same_training(tmp_path / "plain", tmp_path / "fast", state["model"])
+    assert "the unfinished batch (1 episode(s)) was kept by the other trainer (--plain): it starts " \
+           "afresh" in fast.stdout
+    after = saved(tmp_path / "fast")
+    assert (after["episode"], after["updates"], after["plain_batch"], after["batch"]["episodes"]) == (4, 1, None, 1)
 
 
 def test_an_unfinished_fast_batch_is_dropped_by_plain_with_a_note(tmp_path):
@@ -75,7 +82,8 @@ def test_an_unfinished_fast_batch_is_dropped_by_plain_with_a_note(tmp_path):
     assert saved(tmp_path)["batch"]["episodes"] == 1
     plain = run("--plain", "--resume", "--episodes", 2, "--checkpoint-dir", tmp_path)
     assert plain.returncode == 0, plain.stderr
-    assert "the unfinished batch (1 episode(s)) was kept as the fast trainer's gradient sums" in plain.stdout
+    assert "the unfinished batch (1 episode(s)) was kept by the other trainer (without --plain): it starts " \
+           "afresh" in plain.stdout
     state = saved(tmp_path)
     assert (state["episode"], state["updates"], state["batch"]) == (5, 2, None)     # 2 new episodes, 1 update
     assert [int(r["episode"]) for r in log_rows(tmp_path)] == [1, 2, 3, 4, 5]
@@ -115,11 +123,11 @@ def test_a_plain_run_exports_a_float32_agent(tmp_path):
         assert len(list(csv.reader(f))) == 2
 
 
-def test_the_readme_links_to_the_line_where_the_algorithm_starts():
+def test_the_readme_links_to_the_line_where_the_2016_program_starts():
     with open(os.path.join(ROOT, "README.md")) as f:
         line = int(re.search(r"\(pong_pg\.py#L(\d+)\)", f.read()).group(1))
     with open(os.path.join(ROOT, "pong_pg.py")) as f:
-        assert "ALGORITHM" in f.read().splitlines()[line - 1]
+        assert f.read().splitlines()[line - 1].endswith(" 1. hyperparameters")
 
 
 def test_a_damaged_unfinished_plain_batch_is_refused_in_one_line(tmp_path):

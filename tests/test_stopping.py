@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-import pong_pg
+import training_run
 from conftest import (
     all_gone_soon,
     children_of,
@@ -105,8 +105,8 @@ def test_ctrl_c_at_any_moment_of_start_up_is_a_clean_stop(tmp_path):
         proc, out, err = ctrl_c_after(delay, "--workers", 2, "--checkpoint-dir", directory)
         assert_clean_stop(proc, out, err)
         if (directory / "pong_pg.pkl").exists():
-            state = pong_pg.load_state(directory / "pong_pg.pkl")     # what --resume reads first
-            assert state["episode"] == len(log_rows(directory))
+            state = training_run.load_state(directory / "pong_pg.pkl")     # what --resume reads first
+            assert state.episode == len(log_rows(directory))
             with_checkpoint.append(directory)
     assert with_checkpoint, "no stop came late enough to leave a checkpoint"
     resumed = run("--resume", "--episodes", 1, "--workers", 1, "--checkpoint-dir", with_checkpoint[0])
@@ -128,7 +128,7 @@ def test_ctrl_c_while_watching_starts_is_a_clean_stop(tmp_path, mode):
 SPAWN_WITH_A_CTRL_C = """
 import os, signal, sys, time
 sys.path.insert(0, sys.argv[1])
-import pong_pg                                         # as the trainer: one BLAS thread, no other threads
+import pong_pg_fast                                    # as the trainer: one BLAS thread, no other threads
 import multiprocessing.context, workers
 real_start = multiprocessing.context.SpawnProcess.start
 def start_after_a_ctrl_c(process):
@@ -137,7 +137,7 @@ def start_after_a_ctrl_c(process):
 multiprocessing.context.SpawnProcess.start = start_after_a_ctrl_c
 caught = []
 signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-with workers.WorkerPool(1, pong_pg.play_episode, 0, 0):
+with workers.WorkerPool(1, pong_pg_fast.play_episode, 0, 0):
     time.sleep(0.1)                                    # Python runs a handler between bytecodes
 print("caught", caught)
 """
@@ -147,7 +147,7 @@ def test_a_ctrl_c_while_the_workers_are_spawned_is_not_lost():
     """The learner ignores SIGINT while it spawns the workers (so that they start ignoring it); a
     Ctrl-C arriving just then must still reach the learner's handler afterwards, in a process with
     the trainer's threads (only the main one)."""
-    result = subprocess.run([sys.executable, "-c", SPAWN_WITH_A_CTRL_C, os.path.dirname(pong_pg.__file__)],
+    result = subprocess.run([sys.executable, "-c", SPAWN_WITH_A_CTRL_C, os.path.dirname(training_run.__file__)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert f"caught [{int(signal.SIGINT)}]" in result.stdout or "caught [<Signals.SIGINT: 2>]" in result.stdout

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-import pong_pg
+import cli
+import training_run
 from conftest import PONG_PG, ROOT, log_rows, run, wait_for_rows
 
 
@@ -63,7 +64,7 @@ def test_record_writes_a_video_a_decoder_reads_back(trained, tmp_path, suffix):
 def test_record_without_the_encoder_says_how_to_install_it(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "av", None)    # as if PyAV were not installed
     with pytest.raises(SystemExit) as exit_:
-        pong_pg.main(["--record", str(tmp_path / "a.mp4"), "--checkpoint-dir", str(trained)])
+        cli.main(["--record", str(tmp_path / "a.mp4"), "--checkpoint-dir", str(trained)])
     assert exit_.value.code == 1
     assert "pip install av" in capsys.readouterr().err
     assert not (tmp_path / "a.mp4").exists()
@@ -93,7 +94,7 @@ def test_watching_without_a_checkpoint_or_with_a_damaged_one(tmp_path, mode):
              "--record": ["--record", tmp_path / "x.gif", "--max-steps", "5"], "--plot": ["--plot"]}[mode]
     run_dir = tmp_path / "run"
     result = run(*flags, "--checkpoint-dir", run_dir)
-    if os.path.exists(pong_pg.SHIPPED_AGENT):
+    if os.path.exists(cli.SHIPPED_AGENT):
         assert "using the shipped agent" in result.stdout    # no run of one's own: the shipped agent plays
     else:
         assert result.returncode == 1 and "no checkpoint at" in result.stderr and "train first" in result.stderr
@@ -115,8 +116,8 @@ def test_play_without_a_display_says_what_to_do(trained):
 
 
 def test_the_shipped_agent_is_used_when_there_is_no_run_yet(trained, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(pong_pg, "SHIPPED_AGENT", str(trained / "pong_pg.pkl"))
-    pong_pg.main(["--eval", "1", "--workers", "1", "--checkpoint-dir", str(tmp_path / "empty")])
+    monkeypatch.setattr(cli, "SHIPPED_AGENT", str(trained / "pong_pg.pkl"))
+    cli.main(["--eval", "1", "--workers", "1", "--checkpoint-dir", str(tmp_path / "empty")])
     out = capsys.readouterr().out
     assert "no run of your own" in out and "using the shipped agent" in out and "greedy policy: mean" in out
 
@@ -173,10 +174,10 @@ def test_export_writes_the_weights_alone_and_they_can_be_watched(trained, tmp_pa
     agent = tmp_path / "agent.pkl"
     result = run("--export", agent, "--checkpoint-dir", trained)
     assert result.returncode == 0, result.stderr
-    state = pong_pg.load_agent(agent)
+    state = training_run.load_agent(agent)
     assert "cache" not in state and "batch" not in state and state["model"]["W1"].shape == (200, 6400)
     assert agent.stat().st_size < 6_000_000
-    np.testing.assert_array_equal(state["model"]["W1"], pong_pg.load_state(trained / "pong_pg.pkl")["model"]["W1"])
+    np.testing.assert_array_equal(state["model"]["W1"], training_run.load_state(trained / "pong_pg.pkl").model["W1"])
     result = run("--eval", 1, "--workers", 1, "--checkpoint", agent, "--checkpoint-dir", tmp_path / "none")
     assert result.returncode == 0 and "greedy policy: mean score" in result.stdout
 
@@ -188,20 +189,21 @@ def test_annotated_video_shows_for_each_step_what_the_network_saw_and_did(tmp_pa
     from PIL import Image
 
     import watch
-    from pong_pg import load_agent, play_episode, play_weights, policy_forward_sparse
+    from pong_pg_fast import play_episode, play_weights, policy_forward_sparse
     from preprocess import difference_values
+    from training_run import load_agent
     from workers import make_env, task_rng
 
     steps = 40
     for suffix in ("mp4", "gif"):
         result = run("--record", tmp_path / f"a.{suffix}", "--annotate", "--max-steps", steps, "--seed", 3,
-                     "--checkpoint", pong_pg.SHIPPED_AGENT)
+                     "--checkpoint", cli.SHIPPED_AGENT)
         assert result.returncode == 0, result.stderr
     with av.open(str(tmp_path / "a.mp4")) as container:
         mp4 = list(container.decode(video=0))
     assert len(mp4) == steps and (mp4[0].width, mp4[0].height) == (480 + watch.PANEL_WIDTH, 630)
 
-    weights = play_weights(load_agent(pong_pg.SHIPPED_AGENT)["model"])
+    weights = play_weights(load_agent(cli.SHIPPED_AGENT)["model"])
     env = make_env()
     env.reset(seed=3)
     episode = play_episode(env, weights, task_rng(3 + watch.EVAL_SEED_OFFSET, 0), max_steps=steps)
@@ -256,7 +258,7 @@ def test_annotate_needs_play_or_record_and_a_writable_path(tmp_path):
     result = run("--annotate", "--checkpoint-dir", tmp_path)
     assert result.returncode == 2 and "--annotate goes with --play or --record" in result.stderr
     missing = tmp_path / "no such folder" / "a.mp4"
-    result = run("--record", missing, "--annotate", "--max-steps", 5, "--checkpoint", pong_pg.SHIPPED_AGENT)
+    result = run("--record", missing, "--annotate", "--max-steps", 5, "--checkpoint", cli.SHIPPED_AGENT)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("pong_pg: error: cannot write") and len(result.stderr.strip().splitlines()) == 1
     assert not os.listdir(tmp_path)

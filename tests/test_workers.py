@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 
-from pong_pg import EpisodeSums, WeightsSnapshot
+from pong_pg_fast import EpisodeSums, WeightsSnapshot
 from workers import WorkerPool, receive_arrays, send_arrays
 
 
