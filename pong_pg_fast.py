@@ -318,9 +318,14 @@ def pixel_major(W1):
 def rmsprop_rows(W, cache, g, lr, decay):
     """pong_pg.rmsprop_step's formula, in place, on rows whose cache was multiplied by decay already:
     cache += (1-decay) g^2; W += lr g / (sqrt(cache) + eps). g is cast to W's type first."""
-    g = g.astype(W.dtype)
-    cache += (1 - decay) * g ** 2
-    W += lr * g / (np.sqrt(cache) + EPSILON)
+    g = g.astype(W.dtype, copy=False)
+    g2 = np.square(g)
+    g2 *= 1 - decay
+    cache += g2                                  # cache += (1-decay) g^2, in place
+    step, root = np.multiply(g, lr), np.sqrt(cache)
+    root += EPSILON
+    step /= root
+    W += step                                    # W += lr g / (sqrt(cache) + eps), in place
 
 
 def update(model, cache, batch, lr, decay):

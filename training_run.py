@@ -276,15 +276,16 @@ class Run:
             print(f"episode {s.episode}: score {episode.score:+d}, running mean {s.running_mean:+.2f}, "
                   f"{episode.steps} steps, {self.clock}")
 
-    def update_done(self, steps, episodes, lag=0):
-        """Count an update of `steps` agent steps in `episodes` episodes (the oldest weights among them
-        `lag` updates old), print it, and save every save_every episodes (pictures at most every
-        PICTURES_EVERY seconds)."""
+    def update_done(self, steps, episodes, lag=None):
+        """Count an update of `steps` agent steps in `episodes` episodes (with workers, the oldest weights
+        among them `lag` updates old), print it, and save every save_every episodes (pictures at most
+        every PICTURES_EVERY seconds)."""
         s = self.state
         s.updates += 1
         rate = self.window_steps / max(time.time() - self.window_start, 1e-9)
+        old = "" if lag is None else f"weights up to {lag} update(s) old, "
         print(f"update {s.updates}: {steps} steps in {episodes} episodes, {rate:,.0f} steps/s, running mean "
-              f"{s.running_mean:+.2f}, weights up to {lag} update(s) old, total {s.total_steps:,} steps, {self.clock}")
+              f"{s.running_mean:+.2f}, {old}total {s.total_steps:,} steps, {self.clock}")
         self.window_start, self.window_steps = time.time(), 0
         if s.episode - self.saves.episode >= self.save_every:
             self.log.sync()

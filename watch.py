@@ -437,6 +437,7 @@ def learning_curve(log_path, out_path, title="pong_pg"):
 
 
 NOISE_STDS = 2.5               # a change stands out of the noise beyond this many standard deviations
+SHOWN_WHITE = 90               # percentile of a tile's changes that stand out, drawn full white or black
 
 
 def stands_out(change):
@@ -446,45 +447,35 @@ def stands_out(change):
     return np.sign(change) * np.maximum(np.abs(change) - NOISE_STDS * change.std(), 0)
 
 
-SEEN_CLIP = 99                 # percentile of a tile's |values| drawn white or black (seen=): the rest in between
+def tile_values(w, W1_init_row=None):
+    """One hidden unit's 80x80 weights as values in [-1, 1] to draw: the weights on their own scale;
+    with the initial weights, what training changed where it stands out of the noise, scaled so that
+    the strongest SHOWN_WHITE% of it is white (raised) or black (lowered)."""
+    if W1_init_row is None:
+        return w / max(np.abs(w).max(), 1e-12)
+    change = stands_out(w - W1_init_row.reshape(w.shape))
+    strong = np.abs(change[change != 0])
+    return np.clip(change / (np.percentile(strong, SHOWN_WHITE) if len(strong) else 1.0), -1, 1)
 
 
-def pixel_counts(episodes):
-    """How often each of the 6,400 pixels changed over these episodes (play_episode's)."""
-    return np.bincount(np.concatenate([e.idx for e in episodes]).astype(np.intp), minlength=80 * 80)
-
-
-def weighted_by_seen(change, seen):
-    """A unit's weight changes, each times the square root of how often its pixel changed in the agent's
-    games (seen), clipped at the SEEN_CLIP percentile of the tile: the weights of pixels the ball and
-    the paddles cross all the time stand out, and the noise of the rarely seen ones (each update there
-    is a step of about lr, whichever its sign) fades."""
-    w = change * np.sqrt(seen.reshape(change.shape))
-    return np.clip(w / max(np.percentile(np.abs(w), SEEN_CLIP), 1e-12), -1, 1)
-
-
-def weights_grid(W1, W1_init=None, columns=20, pool=1, seen=None, W2=None):
+def weights_grid(W1, W1_init=None, columns=20, pool=1, W2=None, units=None):
     """Each hidden unit's 6,400 weights as an 80x80 tile (80/pool with pool x pool max-|w| pooling), in
-    a grid as the 2016 write-up showed them: 8-bit gray, 0 = mid gray, each tile on its own scale, dark
-    gaps. With W1_init, what training changed (W1 - W1_init): where it stands out of the noise, or with
-    seen (pixel_counts of the agent's games) weighted_by_seen. With W2, the units that move P(UP) most
-    (largest |W2|) first."""
-    hidden = W1.shape[0]
-    rows = -(-hidden // columns)
+    a grid as the 2016 write-up showed them: 8-bit gray, mid gray 0, white positive, black negative,
+    each tile on its own scale, dark gaps. With W1_init, what training changed (tile_values). With W2,
+    the units that move P(UP) most (largest |W2|) first; units: draw only that many."""
+    order = np.argsort(-np.abs(W2), kind="stable") if W2 is not None else np.arange(W1.shape[0])
+    order = order[:units]
+    rows = -(-len(order) // columns)
     tile, gap = 80 // pool, 2
     grid = np.full((rows * (tile + gap) + gap, columns * (tile + gap) + gap), 0.1, np.float32)
-    units = np.argsort(-np.abs(W2), kind="stable") if W2 is not None else range(hidden)
-    for i, unit in enumerate(units):
-        w = W1[unit].reshape(80, 80).astype(np.float64)
-        if W1_init is not None:
-            change = w - W1_init[unit].reshape(80, 80)
-            w = weighted_by_seen(change, seen) if seen is not None else stands_out(change)
+    for i, unit in enumerate(order):
+        w = tile_values(W1[unit].reshape(80, 80).astype(np.float64), None if W1_init is None else W1_init[unit])
         if pool > 1:                                # keep the strongest value of each block, thin lines too
             blocks = w.reshape(tile, pool, tile, pool).transpose(0, 2, 1, 3).reshape(tile, tile, pool * pool)
             w = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=2)[..., None], axis=2)[..., 0]
         r, c = divmod(i, columns)
         grid[gap + r * (tile + gap):gap + r * (tile + gap) + tile,
-             gap + c * (tile + gap):gap + c * (tile + gap) + tile] = 0.5 + 0.5 * w / max(np.abs(w).max(), 1e-12)
+             gap + c * (tile + gap):gap + c * (tile + gap) + tile] = 0.5 + 0.5 * w
     return np.round(grid * 255).astype(np.uint8)
 
 
@@ -492,17 +483,17 @@ HISTORY_DIR = "weights_history"     # a small weights picture at each refresh wh
 ANIMATION_FILE = "weights_over_training.gif"
 
 
-def draw_pictures(directory, W1, log_path, W1_init=None, moment=None, seen=None, W2=None):
+def draw_pictures(directory, W1, log_path, W1_init=None, moment=None, W2=None):
     """Rewrite the pictures in directory (the learning curve only if the log exists); returns their
     paths. moment = (episode, running mean) also keeps a half-size weights picture in HISTORY_DIR;
-    seen and W2: see weights_grid."""
+    W2: see weights_grid."""
     Image = pillow()[0]
     written = []
     if os.path.exists(log_path):
         written.append(os.path.join(directory, CURVE_FILE))
         learning_curve(log_path, written[-1])
     written.append(os.path.join(directory, WEIGHTS_FILE))
-    Image.fromarray(weights_grid(W1, W1_init, seen=seen, W2=W2), "L").save(written[-1])
+    Image.fromarray(weights_grid(W1, W1_init, W2=W2), "L").save(written[-1])
     if moment is not None:
         from PIL.PngImagePlugin import PngInfo
         os.makedirs(os.path.join(directory, HISTORY_DIR), exist_ok=True)

@@ -30,6 +30,7 @@ def make_env(render_mode=None, obs_type="ram", **rules):
     import ale_py
     import gymnasium
     gymnasium.register_envs(ale_py)
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)   # no start-up banner from every process
     return gymnasium.make(ENV_ID, render_mode=render_mode, obs_type=obs_type, **rules)
 
 
