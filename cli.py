@@ -65,7 +65,8 @@ def add_hyperparameters(p):
         if "help" in f.metadata:
             m = f.metadata
             group.add_argument("--" + f.name.replace("_", "-"), type=number(f.type, m["valid"], m["must_be"]),
-                               metavar=m["metavar"], help=f"{m['help']} (default: {f.default})")
+                               metavar=m["metavar"], help=f"{m['help']} (default: "
+                               f"{'none' if f.default is None else f.default})")
     group.add_argument("--preset", choices=sorted(PRESETS), help="2016: train as the 2016 script does: learning "
                        "rate 1e-4, RMSProp decay 0.99, returns standardized per episode, no entropy bonus "
                        "(flags given win)")
@@ -123,10 +124,7 @@ def parse_args(argv=None):
 
 
 def check_combinations(p, args):
-    """Refuse flags that do not go together (exit 2); fill in the preset and the number of workers."""
-    for name, value in PRESETS.get(args.preset, {}).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    """Refuse flags that do not go together (exit 2); fill in the number of workers."""
     modes = [flag for flag in WATCH_MODES if getattr(args, flag.lstrip("-"))]
     if len(modes) > 1 and sorted(modes) != ["--play", "--record"]:
         p.error(f"{' and '.join(modes)} cannot be combined")
@@ -155,16 +153,19 @@ def fail(message, code=1):
 # ---------------------------------------------------------------- starting or resuming a run
 
 def choose_hyperparameters(args, saved=None):
-    """Flags given now win; unset flags take the checkpoint's values (saved), or the defaults on a new run."""
-    chosen = {}
+    """Flags given now win, then --preset's values (a None there turns that setting off); the others
+    take the checkpoint's values (saved), or the defaults on a new run."""
+    chosen, preset = {}, PRESETS.get(args.preset, {})
     for f in dataclasses.fields(Hyperparameters):
         given = getattr(args, f.name)
+        is_given = given is not None or f.name in preset
+        given = preset.get(f.name) if given is None else given
         before = getattr(saved, f.name) if saved else f.default
-        if saved and given is not None and given != before:
+        if saved and is_given and given != before:
             if f.name == "hidden":
                 fail(f"the checkpoint has {before} hidden units, --hidden asks for {given}")
             print(f"note: {f.name} changes from {before} to {given} on resume")
-        chosen[f.name] = given if given is not None else before
+        chosen[f.name] = given if is_given else before
     return Hyperparameters(**chosen)
 
 

@@ -54,10 +54,15 @@ class Hyperparameters:
     entropy: float = hyperparameter(0.02, "weight of an entropy bonus, BETA * sum_t H(P(UP)), which keeps P(UP) "
                                     "from 0 and 1 (0: none; the 2016 script had none)", lambda v: 0 <= v < math.inf,
                                     "a number >= 0", metavar="BETA")
+    late_lr: float = hyperparameter(None, "learning rate from the first time the running mean passes 0 "
+                                    "(none: --lr throughout)", lambda v: 0 < v < math.inf, "a positive number")
+    late_decay_rate: float = hyperparameter(None, "RMSProp decay from the first time the running mean passes 0 "
+                                            "(none: --decay-rate throughout)", lambda v: 0 <= v < 1, "in [0, 1)")
     standardize: str = "batch"     # the returns: over the whole batch; "episode": each episode alone (2016)
 
 
-PRESETS = {"2016": {"lr": 1e-4, "decay_rate": 0.99, "standardize": "episode", "entropy": 0.0}}  # the 2016 script's
+PRESETS = {"2016": {"lr": 1e-4, "decay_rate": 0.99, "standardize": "episode", "entropy": 0.0,   # the script's
+                    "late_lr": None, "late_decay_rate": None}}
 EPSILON = 1e-5                     # RMSProp: avoids division by zero
 RUNNING_MEAN_DECAY = 0.99          # the running mean score: 0.99 * old + 0.01 * the episode's score
 UP, DOWN = 2, 3                    # Pong's minimal action set: RIGHT moves our paddle up, LEFT down
@@ -202,15 +207,22 @@ def rmsprop_step(model, cache, grad, lr, decay):
         model[k] += lr * g / (np.sqrt(cache[k]) + EPSILON)         # gradient ascent
 
 
-def learning_rate(hyper, updates, warmup_from=None):
-    """Update number `updates + 1`'s learning rate: lr; but in the t-th update since an RMSProp cache
-    started at zero under trained weights (--init-from an agent file), lr * sqrt(1 - decay^t). Such a
-    cache holds only (1 - decay^t) of the mean g^2 it tracks, so its steps would be 1/sqrt(1 - decay^t)
-    times too large, 10x at first with decay 0.99, and jolt the trained agent; the factor cancels
-    that (as Adam's bias correction does). A run from random weights takes the 2016 script's steps."""
+def learning_rate(hyper, updates, warmup_from=None, late=False):
+    """Update number `updates + 1`'s learning rate: lr (late_lr where set, once `late`: the running mean
+    has passed 0); but in the t-th update since an RMSProp cache started at zero under trained weights
+    (--init-from an agent file), times sqrt(1 - decay^t). Such a cache holds only (1 - decay^t) of the
+    mean g^2 it tracks, so its steps would be 1/sqrt(1 - decay^t) times too large, 10x at first with
+    decay 0.99, and jolt the trained agent; the factor cancels that (as Adam's bias correction does).
+    A run from random weights takes the 2016 script's steps."""
+    lr = hyper.late_lr if late and hyper.late_lr is not None else hyper.lr
     if warmup_from is None:
-        return hyper.lr
-    return hyper.lr * math.sqrt(1 - hyper.decay_rate ** (updates - warmup_from + 1))
+        return lr
+    return lr * math.sqrt(1 - hyper.decay_rate ** (updates - warmup_from + 1))
+
+
+def decay_rate(hyper, late=False):
+    """RMSProp's decay: decay_rate (late_decay_rate where set, once the running mean has passed 0)."""
+    return hyper.late_decay_rate if late and hyper.late_decay_rate is not None else hyper.decay_rate
 
 
 def ensure_finite(what, *parts):
@@ -243,7 +255,7 @@ def train_plain(run):
         if len(episodes) >= hyper.batch_size:
             grad = batch_gradient_plain(model, episodes, hyper)
             ensure_finite("the gradient", grad)
-            rmsprop_step(model, cache, grad, run.learning_rate(), hyper.decay_rate)
+            rmsprop_step(model, cache, grad, run.learning_rate(), run.decay_rate())
             ensure_finite("the weights or the RMSProp cache", model, cache)
             run.update_done(sum(e.steps for e in episodes), len(episodes))   # count, print, save when due
             episodes = []

@@ -439,7 +439,7 @@ def train(run, workers, render=False):
 
                 # -- every batch_size episodes: one RMSProp step; the new weights go out before the save
                 if batch.episodes >= hyper.batch_size:     # (>=: --batch-size may shrink on resume)
-                    update(model, cache, batch, run.learning_rate(), hyper.decay_rate)
+                    update(model, cache, batch, run.learning_rate(), run.decay_rate())
                     hand_out(pool, worker, run, history.after_update(model, batch.touched))
                     run.update_done(batch.steps, batch.episodes, lag)   # count, print, save when due
                     batch.reset()

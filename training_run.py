@@ -17,7 +17,7 @@ import numpy as np
 import checkpoint
 import watch
 from checkpoint import CheckpointError
-from pong_pg import RUNNING_MEAN_DECAY, Hyperparameters, init_model, learning_rate
+from pong_pg import RUNNING_MEAN_DECAY, Hyperparameters, decay_rate, init_model, learning_rate
 from preprocess import D
 from stopping import Stop
 
@@ -46,6 +46,7 @@ class TrainingState:
     batch: dict | None = None         # the fast trainer's unfinished batch (BatchGradient.state())
     plain_batch: dict | None = None   # --plain's (pong_pg.kept_batch)
     warmup_from: int | None = None    # the update from which the learning rate warms up (learning_rate)
+    late_from: int | None = None      # the update from which the late settings apply: the running mean had passed 0
     log_pending: list = field(default_factory=list)   # log rows the disk did not take yet
     init_from: str | None = None      # --init-from FILE, and the seed FILE's own training began from
     start_seed: int | None = None
@@ -75,19 +76,23 @@ class TrainingState:
             hyper = dict(saved["hyper"])
             hyper.setdefault("standardize", "batch")     # checkpoints from before the 2016 preset
             hyper.setdefault("entropy", 0.0)             # and from before the entropy bonus
+            hyper.setdefault("late_lr", None)            # and from before the late settings
+            hyper.setdefault("late_decay_rate", None)
             fields = {k: saved[k] for k in ("model", "cache", "episode", "total_steps", "updates", "next_task",
                                             "running_mean", "wall_seconds")}
             state = cls(Hyperparameters(**{f.name: hyper[f.name] for f in dataclasses.fields(Hyperparameters)}),
                         hyper["seed"], **fields, batch=saved.get("batch"), plain_batch=saved.get("plain_batch"),
-                        warmup_from=saved.get("warmup_from"), log_pending=saved.get("log_pending", []),
+                        warmup_from=saved.get("warmup_from"), late_from=saved.get("late_from"),
+                        log_pending=saved.get("log_pending", []),
                         init_from=saved.get("init_from"), start_seed=saved.get("start_seed"))
         except (KeyError, TypeError, AttributeError):
             raise CheckpointError(f"checkpoint {path} is damaged: it lacks part of the training state") from None
         if not all(isinstance(row, str) for row in state.log_pending):
             raise CheckpointError(f"checkpoint {path} is damaged: bad log rows")
-        start = state.warmup_from
-        if start is not None and not (isinstance(start, int) and 0 <= start <= state.updates):
-            raise CheckpointError(f"checkpoint {path} is damaged: bad warmup_from")
+        for name in ("warmup_from", "late_from"):
+            start = getattr(state, name)
+            if start is not None and not (isinstance(start, int) and 0 <= start <= state.updates):
+                raise CheckpointError(f"checkpoint {path} is damaged: bad {name}")
         if not (sums_fit(state.batch, state.hyper.hidden) and episodes_decode(state.plain_batch)):
             raise CheckpointError(f"checkpoint {path} is damaged: its unfinished batch does not decode")
         return state
@@ -239,7 +244,10 @@ class Run:
         return kept
 
     def learning_rate(self):
-        return learning_rate(self.hyper, self.state.updates, self.state.warmup_from)
+        return learning_rate(self.hyper, self.state.updates, self.state.warmup_from, self.state.late_from is not None)
+
+    def decay_rate(self):
+        return decay_rate(self.hyper, self.state.late_from is not None)
 
     def stopped(self):
         """Whether a stop signal has arrived (Ctrl-C, SIGTERM, SIGHUP: the loops check between episodes)."""
@@ -259,16 +267,35 @@ class Run:
         h = self.hyper
         print(f"training {how}, from episode {self.state.episode + 1}; lr {h.lr}, batch {h.batch_size}, "
               f"gamma {h.gamma}, decay {h.decay_rate}, returns standardized per {h.standardize}, "
-              f"{h.hidden} hidden units, seed {self.seed}" + (f", entropy bonus {h.entropy}" if h.entropy else ""))
+              f"{h.hidden} hidden units, seed {self.seed}" + (f", entropy bonus {h.entropy}" if h.entropy else "")
+              + self.late_settings())
         self.window_start = time.time()
 
+    def late_settings(self):
+        """What changes once the running mean has passed 0, as the start line says it ("" for nothing)."""
+        h, late = self.hyper, []
+        if h.late_lr is not None:
+            late.append(f"lr {h.late_lr}")
+        if h.late_decay_rate is not None:
+            late.append(f"decay {h.late_decay_rate}")
+        if not late:
+            return ""
+        when = (f"since update {self.state.late_from + 1}" if self.state.late_from is not None
+                else "once the running mean passes 0")
+        return f"; {when}: {', '.join(late)}"
+
     def episode_done(self, episode):
-        """Count an episode (anything with .steps and .score), log it, print it."""
+        """Count an episode (anything with .steps and .score), log it, print it; the first time the
+        running mean passes 0, the late settings apply from the next update on."""
         s = self.state
         s.episode += 1
         s.total_steps += episode.steps
         s.running_mean = episode.score if s.running_mean is None else (
             RUNNING_MEAN_DECAY * s.running_mean + (1 - RUNNING_MEAN_DECAY) * episode.score)
+        if s.late_from is None and s.running_mean > 0:
+            s.late_from = s.updates
+            if self.late_settings():
+                print(f"the running mean passed 0 at episode {s.episode}{self.late_settings()}")
         self.window_steps += episode.steps
         self.log.append(f"{s.episode},{episode.score},{s.running_mean:.4f},{episode.steps},{s.total_steps},"
                         f"{s.updates},{self.clock.seconds():.1f}\n")
