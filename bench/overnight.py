@@ -131,6 +131,10 @@ def carry_on(name, seed, runs, until, every, flags, branch_from, keep):
         os.makedirs(run_dir, exist_ok=True)
         if branch_from:
             source = os.path.join(runs, f"{branch_from}-s{seed}")
+            if not os.path.exists(os.path.join(source, "at-zero.pkl")):
+                say(f"{name}-s{seed}: waiting for {branch_from}-s{seed} to pass 0")
+            while not os.path.exists(os.path.join(source, "at-zero.pkl")):
+                time.sleep(30)
             shutil.copyfile(os.path.join(source, "at-zero.pkl"), os.path.join(run_dir, "pong_pg.pkl"))
             shutil.copyfile(os.path.join(source, "log.csv"), os.path.join(run_dir, "log.csv"))  # --resume trims it
             first = False
