@@ -136,7 +136,10 @@ def carry_on(name, seed, runs, until, every, flags, branch_from, keep):
             while not os.path.exists(os.path.join(source, "at-zero.pkl")):
                 time.sleep(30)
             shutil.copyfile(os.path.join(source, "at-zero.pkl"), os.path.join(run_dir, "pong_pg.pkl"))
-            shutil.copyfile(os.path.join(source, "log.csv"), os.path.join(run_dir, "log.csv"))  # --resume trims it
+            with open(os.path.join(source, "at-zero.steps")) as f:
+                at_zero = int(f.read())
+            with open(os.path.join(source, "log.csv")) as f, open(os.path.join(run_dir, "log.csv"), "w") as log:
+                log.writelines(row for i, row in enumerate(f) if i == 0 or int(row.split(",")[4]) <= at_zero)
             first = False
         else:
             flags = ["--seed", seed, *flags]
