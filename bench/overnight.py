@@ -28,6 +28,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from segments import append_row
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEEP = os.path.join(ROOT, "bench", "overnight")
 EVAL_COLUMNS = ["name", "seed", "mark", "agent_steps", "episode", "running_mean", "sampled_mean", "sampled_ci",
@@ -82,13 +84,7 @@ def evaluate(name, seed, run_dir, mark, keep):
            "sampled_mean": found["sampled"][0], "sampled_ci": found["sampled"][1], "sampled_won": found["sampled"][2],
            "greedy_mean": found["greedy"][0], "greedy_ci": found["greedy"][1], "greedy_won": found["greedy"][2]}
     with write_lock:
-        path = os.path.join(keep, "evals.csv")
-        new = not os.path.exists(path)
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, EVAL_COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_row(os.path.join(keep, "evals.csv"), EVAL_COLUMNS, row)
     say(f"{name}-s{seed} at {mark}: {row}")
 
 

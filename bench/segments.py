@@ -121,15 +121,19 @@ def evaluate_agent(keep, segment, agent, games=30, cores=None):
     row = {"segment": segment, "agent_steps": steps_done(keep),
            "sampled_mean": found["sampled"][0], "sampled_won": found["sampled"][1],
            "greedy_mean": found["greedy"][0], "greedy_won": found["greedy"][1]}
-    path = os.path.join(keep, "evals.csv")
+    append_row(os.path.join(keep, "evals.csv"), EVAL_COLUMNS, row)
+    print(out.strip().splitlines()[-2:], row, sep="\n")
+    return row
+
+
+def append_row(path, columns, row):
+    """Append row (a dict) to the CSV file path, with the header line if the file is new."""
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, EVAL_COLUMNS)
+        writer = csv.DictWriter(f, columns)
         if new:
             writer.writeheader()
         writer.writerow(row)
-    print(out.strip().splitlines()[-2:], row, sep="\n")
-    return row
 
 
 def evals(keep):
