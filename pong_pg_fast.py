@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pong_pg import DOWN, EPSILON, UP, discount_rewards, ensure_finite, entropy_gradient, sigmoid, standardize
-from preprocess import COLORS, D, difference_values, learn_colors, screen_difference, screen_pixels
+from preprocess import D, difference_values, learn_colors, new_color_table, screen_difference, screen_pixels
 from workers import WeightsVersion, WorkerError, WorkerPool, game_step
 
 # ---------------------------------------------------------------- the policy network
@@ -96,14 +96,15 @@ def play_episode(env, weights, rng, greedy=False, on_step=None, max_steps=None):
     pixels, previous = np.empty(D, np.uint8), np.empty(D, np.uint8)
     ale.getScreen(screen)                                            # palette indices, into our buffer
     screen_pixels(screen, previous)                                  # the first difference is zero
-    learn_colors(COLORS, previous, screen, ale.getScreenRGB)
+    colors = new_color_table()                                       # filled in from the game's first frames
+    learn_colors(colors, previous, screen, ale.getScreenRGB)
     idxs, turned_on, ups, rewards = [], [], [], []
     while True:
         if len(ups) % DICE_AT_ONCE == 0:
             dice = rng.random(DICE_AT_ONCE)      # the next rolls: the same numbers as rng.random() one by one
         ale.getScreen(screen)
         screen_pixels(screen, pixels)
-        idx, on = screen_difference(pixels, previous, COLORS, screen, ale.getScreenRGB)
+        idx, on = screen_difference(pixels, previous, colors, screen, ale.getScreenRGB)
         pixels, previous = previous, pixels
         p_up, _ = policy_forward_sparse(weights, idx, difference_values(on))
         up = p_up > 0.5 if greedy else dice[len(ups) % DICE_AT_ONCE] < p_up   # roll the dice

@@ -35,8 +35,6 @@ def new_color_table():
     return np.full(256, UNKNOWN, np.uint8)
 
 
-COLORS = new_color_table()    # the table of this process: the colours are the same in every Pong game
-
 
 def screen_pixels(screen, out):
     """ALE's palette-index screen (210x160 uint8) -> out (6400 uint8): the field, every second row and

@@ -32,7 +32,7 @@ import numpy as np
 import pong_pg_fast
 from pong_pg import DOWN, UP, init_model
 from pong_pg_fast import play_weights
-from preprocess import COLORS, FIELD, SIGN, UNKNOWN_BYTE, D, learn_colors, screen_pixels
+from preprocess import FIELD, SIGN, UNKNOWN_BYTE, D, learn_colors, new_color_table, screen_pixels
 from workers import game_step, make_env
 
 CLOCK = time.perf_counter
@@ -74,13 +74,14 @@ def lockstep(weights, games, steps):
     previous = np.empty((games, D), np.uint8)
     kept = [([], [], [], []) for _ in range(games)]                  # each game's idx, turned_on, ups, rewards
     rng, ends = np.random.default_rng(0), np.arange(games + 1) * D
+    colors = new_color_table()                                       # the same colours in every game
 
     def new_game(k, seed=None):
         envs[k].reset(seed=seed)
         ales[k].getScreen(screens[k])
         screen_pixels(screens[k], pixels[k])
-        learn_colors(COLORS, pixels[k], screens[k], ales[k].getScreenRGB)
-        previous[k] = COLORS.take(pixels[k])
+        learn_colors(colors, pixels[k], screens[k], ales[k].getScreenRGB)
+        previous[k] = colors.take(pixels[k])
         kept[k] = ([], [], [], [])
 
     for k in range(games):
@@ -92,11 +93,11 @@ def lockstep(weights, games, steps):
         for k in range(games):
             ales[k].getScreen(screens[k])
         np.copyto(pixels.reshape(games, 80, 80), fields, casting="unsafe")
-        image = COLORS.take(pixels)                                  # (K, 6400): 1 paddle or ball, 0 background
+        image = colors.take(pixels)                                  # (K, 6400): 1 paddle or ball, 0 background
         if UNKNOWN_BYTE in image.tobytes():
             for k in range(games):
-                learn_colors(COLORS, pixels[k], screens[k], ales[k].getScreenRGB)
-            image = COLORS.take(pixels)
+                learn_colors(colors, pixels[k], screens[k], ales[k].getScreenRGB)
+            image = colors.take(pixels)
         flat = (image != previous).ravel().nonzero()[0]              # the changed pixels of all K games
         on = image.ravel().take(flat)
         previous = image
