@@ -28,6 +28,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from segments import append_row
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,8 +78,7 @@ def evaluate(name, seed, run_dir, mark, keep):
     found = {m: (mean, ci, won) for m, mean, ci, won in
              re.findall(r"(sampled|greedy) policy: mean score ([-+.\d]+) ± ([.\d]+) .*?won (\d+)/", out)}
     head = re.search(r"trained for (\d+) episodes, running mean ([-+.\d]+)", out)
-    with open(os.path.join(run_dir, f"at-{mark}.steps")) as f:
-        steps = int(f.read())
+    steps = kept_steps(run_dir, mark)
     row = {"name": name, "seed": seed, "mark": mark, "agent_steps": steps, "episode": head.group(1),
            "running_mean": head.group(2),
            "sampled_mean": found["sampled"][0], "sampled_ci": found["sampled"][1], "sampled_won": found["sampled"][2],
@@ -86,6 +86,12 @@ def evaluate(name, seed, run_dir, mark, keep):
     with write_lock:
         append_row(os.path.join(keep, "evals.csv"), EVAL_COLUMNS, row)
     say(f"{name}-s{seed} at {mark}: {row}")
+
+
+def kept_steps(run_dir, mark):
+    """The agent steps of the checkpoint kept at a mark."""
+    with open(os.path.join(run_dir, f"at-{mark}.steps")) as f:
+        return int(f.read())
 
 
 def keep_log(name, seed, run_dir, keep):
@@ -214,6 +220,66 @@ def report(args):
     print("wrote bench/overnight.png")
 
 
+def bonus_weight(state, games=2):
+    """How much the entropy bonus weighs in the gradient at this snapshot: over `games` games of its own
+    (a batch), |beta * sum_t dH_t| against |sum_t A_t g_t| for W2 and for W1 (the ratio of their
+    norms). The first grows with the steps of a batch; the second, A_t standardized, more slowly: as
+    games lengthen the bonus weighs more."""
+    from pong_pg import Hyperparameters
+    from pong_pg_fast import BatchGradient, play_episode, play_weights
+    from workers import make_env, task_rng
+    hyper = state["hyper"]
+    beta = hyper.get("entropy", 0.0)
+    if not beta:
+        return {"bonus_w2": 0.0, "bonus_w1": 0.0}
+    weights = play_weights(state["model"])
+    batch = BatchGradient.resumed(None, Hyperparameters(hidden=hyper["hidden"], entropy=beta))
+    env = make_env()
+    env.reset(seed=0)
+    for g in range(games):
+        batch.add_episode(weights, play_episode(env, weights, task_rng(0, g)), hyper["gamma"])
+    env.close()
+    with_bonus, H = batch.gradient(), batch.sums_W2.shape[1]
+    bonus_W2, bonus_W1T = beta * batch.sums_W2[2], beta * batch.sums_W1T[:, 2 * H:]
+    return {"bonus_w2": float(np.linalg.norm(bonus_W2) / np.linalg.norm(with_bonus["W2"] - bonus_W2)),
+            "bonus_w1": float(np.linalg.norm(bonus_W1T) / np.linalg.norm(with_bonus["W1"].T - bonus_W1T))}
+
+
+def diagnose(args):
+    """What each kept checkpoint's network does (bench/beat_the_ai.py's measures: saturation, UP share,
+    dead units, the returns' spread, the step sizes) and the entropy bonus's weight: a row each in
+    keep/diagnosis.csv."""
+    from beat_the_ai import diagnose_snapshot
+
+    import checkpoint
+    rows = []
+    for name in args.runs:
+        run_dir = os.path.join(os.path.expanduser(args.runs_dir), name)
+        marks = sorted((kept_steps(run_dir, f[3:-4]), f) for f in os.listdir(run_dir)
+                       if re.fullmatch(r"at-(\d+M|zero)\.pkl", f))
+        previous = None
+        for _, path in marks:
+            state = checkpoint.load(os.path.join(run_dir, path))
+            late = state.get("late_from") is not None and state["hyper"].get("late_lr")
+            lr = state["hyper"]["late_lr"] if late else state["hyper"]["lr"]
+            rows.append({"run": name, "mark": path[3:-4], **diagnose_snapshot(state, previous, lr),
+                         **bonus_weight(state)})
+            previous = state
+            say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()))
+    path = os.path.join(args.keep, "diagnosis.csv")
+    kept = [r for r in read_csv(path) if r["run"] not in args.runs] if os.path.exists(path) else []
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]) if rows else ["run"])
+        writer.writeheader()
+        writer.writerows(kept + rows)
+    say(f"wrote {path}")
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -229,11 +295,12 @@ def main():
     r.add_argument("flags", nargs="*", help="the trainer's flags, after --")
     rep = sub.add_parser("report", help="the table of evaluations and bench/overnight.png")
     rep.add_argument("--keep", default=KEEP)
+    diag = sub.add_parser("diagnose", help="what the kept checkpoints' networks do: keep/diagnosis.csv")
+    diag.add_argument("runs", nargs="+", help="NAME-sSEED, e.g. defaults-s40")
+    diag.add_argument("--runs-dir", default=os.path.join("~", "runs", "overnight"))
+    diag.add_argument("--keep", default=KEEP)
     args = ap.parse_args()
-    if args.command == "run":
-        run(args)
-    else:
-        report(args)
+    {"run": run, "report": report, "diagnose": diagnose}[args.command](args)
 
 
 if __name__ == "__main__":
