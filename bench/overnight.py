@@ -199,17 +199,20 @@ def report(args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    logs = sorted(f for f in os.listdir(args.keep) if f.endswith(".csv") and f != "evals.csv")
-    for i, name in enumerate(logs):
+    logs = sorted(f for f in os.listdir(args.keep) if re.fullmatch(r".+-s\d+\.csv", f))       # the runs' logs
+    settings = sorted({name[:-4].rsplit("-s", 1)[0] for name in logs}, key=lambda n: n != "defaults")
+    seeds = sorted({name[:-4].rsplit("-s", 1)[1] for name in logs})
+    for name in logs:                         # a colour a seed, a line style a setting (the defaults solid)
+        setting, seed = name[:-4].rsplit("-s", 1)
+        style = dict(color=f"C{seeds.index(seed)}", ls=["-", "--", ":", "-."][settings.index(setting) % 4])
         with open(os.path.join(args.keep, name), newline="") as f:
             log = list(csv.DictReader(f))
-        ax.plot([int(r["total_steps"]) / 1e6 for r in log], [float(r["running_mean"]) for r in log],
-                lw=1, color=f"C{i}", label=f"{name[:-4]}: running mean")
-        setting, seed = name[:-4].rsplit("-s", 1)
+        ax.plot([int(r["total_steps"]) / 1e6 for r in log], [float(r["running_mean"]) for r in log], lw=1,
+                label=f"{setting}, seed {seed}: running mean", **style)
         marks = [r for r in rows if r["name"] == setting and r["seed"] == seed]
-        ax.plot([int(r["agent_steps"]) / 1e6 for r in marks], [float(r["sampled_mean"]) for r in marks], "o",
-                color=f"C{i}", ms=4)
-    ax.plot([], [], "o", color="0.4", ms=4, label="--eval 30, sampled policy")
+        ax.plot([int(r["agent_steps"]) / 1e6 for r in marks], [float(r["sampled_mean"]) for r in marks],
+                "o" if style["ls"] == "-" else "s", color=style["color"], ms=4)
+    ax.plot([], [], "o", color="0.4", ms=4, label="--eval 30, sampled policy (squares: candidates)")
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xlabel("agent steps (millions)")
     ax.set_ylabel("score (points won − points lost)")
