@@ -16,8 +16,6 @@ from pong_pg import PRESETS, Hyperparameters, train_plain
 from pong_pg_fast import play_episode, play_weights, policy_forward_sparse, train
 from stopping import Stop
 from training_run import (
-    CHECKPOINT_FILE,
-    LOG_FILE,
     Run,
     TrainingState,
     check_arrays,
@@ -25,6 +23,7 @@ from training_run import (
     load_agent,
     load_state,
     log_row_episode,
+    run_paths,
     start_seed,
     trim_log,
 )
@@ -260,8 +259,7 @@ def train_from_flags(args):
         os.makedirs(args.checkpoint_dir, exist_ok=True)
     except OSError as e:
         fail(f"cannot create --checkpoint-dir {args.checkpoint_dir}: {e.strerror or e}")
-    paths = {"checkpoint": os.path.join(args.checkpoint_dir, CHECKPOINT_FILE),
-             "log": os.path.join(args.checkpoint_dir, LOG_FILE)}
+    paths = run_paths(args.checkpoint_dir)
     if args.render:
         need_display("--render")
     with lock_directory(args.checkpoint_dir) as lock:
@@ -285,7 +283,7 @@ def find_agent(args):
     """--checkpoint, else the run in --checkpoint-dir, else the shipped agent."""
     if args.checkpoint:
         return args.checkpoint
-    own = os.path.join(args.checkpoint_dir, CHECKPOINT_FILE)
+    own = run_paths(args.checkpoint_dir)["checkpoint"]
     if os.path.exists(own) or not os.path.exists(SHIPPED_AGENT):
         return own
     print(f"no run of your own in {args.checkpoint_dir}/ yet: using the shipped agent {SHIPPED_AGENT}")
@@ -312,7 +310,7 @@ def plot_agent(args, agent):
     os.makedirs(args.checkpoint_dir, exist_ok=True)
     try:
         written = watch.draw_pictures(args.checkpoint_dir, agent["model"]["W1"],
-                                      os.path.join(args.checkpoint_dir, LOG_FILE), initial_W1(agent),
+                                      run_paths(args.checkpoint_dir)["log"], initial_W1(agent),
                                       W2=agent["model"]["W2"])
         written.append(watch.weights_animation(args.checkpoint_dir))
     except (ImportError, watch.MissingDependency) as e:
@@ -325,7 +323,7 @@ def eval_agent(args, agent):
     """--eval N: N games with the sampled policy and N with the greedy one, on every worker."""
     print(f"evaluating over {args.eval} games per policy on {args.workers} worker(s)")
     results = watch.evaluate(play_episode, play_weights(agent["model"]), args.eval, args.seed, args.workers,
-                             stopped)
+                             Stop.arrived)
     if results:
         watch.print_evaluation(results)
 
@@ -334,7 +332,7 @@ def record_agent(args, agent):
     """--record FILE: a video of one game (annotated with --annotate)."""
     try:
         watch.record(play_episode, play_weights(agent["model"]), args.record, args.seed, args.greedy,
-                     args.max_steps, stopped, policy_forward_sparse if args.annotate else None)
+                     args.max_steps, Stop.arrived, policy_forward_sparse if args.annotate else None)
     except watch.MissingDependency as e:
         fail(e)
     except OSError as e:
@@ -346,7 +344,7 @@ def play_agent(args, agent):
     need_display("--play")
     try:
         watch.show(play_episode, play_weights(agent["model"]), args.episodes, args.seed, args.greedy,
-                   args.max_steps, stopped, policy_forward_sparse if args.annotate else None)
+                   args.max_steps, Stop.arrived, policy_forward_sparse if args.annotate else None)
     except watch.MissingDependency as e:
         fail(e)
 
@@ -367,10 +365,6 @@ def watch_agent(args):
     WATCH_MODES[args.watch](args, agent)
 
 
-def stopped():
-    return Stop.signum is not None
-
-
 def need_display(flag):
     """On Linux an SDL window needs an X11 or Wayland display; without one it would silently show nothing."""
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -380,7 +374,7 @@ def need_display(flag):
 
 def exit_if_stopped():
     """A stop asked for before anything was written ends here, quietly: 128 + the signal's number."""
-    if Stop.signum is not None:
+    if Stop.arrived():
         sys.exit(128 + Stop.signum)
 
 

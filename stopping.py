@@ -21,6 +21,11 @@ class Stop:
     SIGNALS = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
 
     @classmethod
+    def arrived(cls):
+        """Whether a stop signal has arrived (the loops and watching check it between steps)."""
+        return cls.signum is not None
+
+    @classmethod
     def handler(cls, signum, frame):
         cls.signum = signum
         if signum == getattr(signal, "SIGHUP", None):

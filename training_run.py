@@ -98,6 +98,11 @@ class TrainingState:
         return state
 
 
+def run_paths(directory):
+    """{"checkpoint": its file, "log": its file} of the run in directory."""
+    return {"checkpoint": os.path.join(directory, CHECKPOINT_FILE), "log": os.path.join(directory, LOG_FILE)}
+
+
 def load_state(path):
     """The training state of a checkpoint file; CheckpointError unless it is whole and usable."""
     return TrainingState.from_checkpoint(checkpoint.load(path), path)
@@ -187,7 +192,7 @@ class Run:
     def __init__(self, state, directory, save_every, quiet=False, episodes=None):
         """episodes: stop after this many more (None: until stopped)."""
         self.state, self.save_every, self.quiet = state, save_every, quiet
-        self.paths = {"checkpoint": os.path.join(directory, CHECKPOINT_FILE), "log": os.path.join(directory, LOG_FILE)}
+        self.paths = run_paths(directory)
         self.first_episode = state.episode
         self.last_episode = state.episode + episodes if episodes else None
         self.clock = Clock(state.wall_seconds)
@@ -251,7 +256,7 @@ class Run:
 
     def stopped(self):
         """Whether a stop signal has arrived (Ctrl-C, SIGTERM, SIGHUP: the loops check between episodes)."""
-        return Stop.signum is not None
+        return Stop.arrived()
 
     def wants_another_episode(self, in_play=0):
         """Whether to play another episode: not stopped, and --episodes (counting those in play) not reached."""
@@ -332,7 +337,7 @@ class Run:
         if self.ended is not None:
             print(f"pong_pg: error: {self.ended}", file=sys.stderr)
             reason, code = "after a worker failed", 1
-        elif Stop.signum is not None:
+        elif Stop.arrived():
             reason, code = f"stopped by {signal.Signals(Stop.signum).name}", 128 + Stop.signum
         else:
             reason, code = "done", 0
