@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from segments import append_row
+from segments import append_row, evaluation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEEP = os.path.join(ROOT, "bench", "overnight")
@@ -75,14 +75,11 @@ def evaluate(name, seed, run_dir, mark, keep):
     snapshot = os.path.join(run_dir, f"at-{mark}.pkl")
     out = subprocess.run(trainer("--checkpoint", snapshot, "--eval", EVAL_GAMES), cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout
-    found = {m: (mean, ci, won) for m, mean, ci, won in
-             re.findall(r"(sampled|greedy) policy: mean score ([-+.\d]+) ± ([.\d]+) .*?won (\d+)/", out)}
+    found = evaluation(out)
     head = re.search(r"trained for (\d+) episodes, running mean ([-+.\d]+)", out)
-    steps = kept_steps(run_dir, mark)
-    row = {"name": name, "seed": seed, "mark": mark, "agent_steps": steps, "episode": head.group(1),
-           "running_mean": head.group(2),
-           "sampled_mean": found["sampled"][0], "sampled_ci": found["sampled"][1], "sampled_won": found["sampled"][2],
-           "greedy_mean": found["greedy"][0], "greedy_ci": found["greedy"][1], "greedy_won": found["greedy"][2]}
+    row = {"name": name, "seed": seed, "mark": mark, "agent_steps": kept_steps(run_dir, mark),
+           "episode": head.group(1), "running_mean": head.group(2),
+           **{f"{mode}_{k}": found[mode][k] for mode in ("sampled", "greedy") for k in ("mean", "ci", "won")}}
     with write_lock:
         append_row(os.path.join(keep, "evals.csv"), EVAL_COLUMNS, row)
     say(f"{name}-s{seed} at {mark}: {row}")

@@ -116,14 +116,18 @@ def evaluate_agent(keep, segment, agent, games=30, cores=None):
     """--eval games of the agent file `agent`, a row of keep/evals.csv."""
     out = subprocess.run(trainer("--checkpoint", agent, "--eval", games), cwd=ROOT,
                          check=True, capture_output=True, text=True, preexec_fn=pinned(cores)).stdout
-    pattern = r"(sampled|greedy) policy: mean score ([-+.\d]+) .*?won (\d+)/"
-    found = {mode: (mean, won) for mode, mean, won in re.findall(pattern, out)}
+    found = evaluation(out)
     row = {"segment": segment, "agent_steps": steps_done(keep),
-           "sampled_mean": found["sampled"][0], "sampled_won": found["sampled"][1],
-           "greedy_mean": found["greedy"][0], "greedy_won": found["greedy"][1]}
+           **{f"{mode}_{k}": found[mode][k] for mode in ("sampled", "greedy") for k in ("mean", "won")}}
     append_row(os.path.join(keep, "evals.csv"), EVAL_COLUMNS, row)
     print(out.strip().splitlines()[-2:], row, sep="\n")
     return row
+
+
+def evaluation(out):
+    """What `pong_pg.py --eval N` printed, per policy: {"sampled": {"mean", "ci", "won"}, "greedy": ...}."""
+    pattern = r"(sampled|greedy) policy: mean score ([-+.\d]+) ± ([.\d]+|nan) .*?won (\d+)/"
+    return {mode: {"mean": mean, "ci": ci, "won": won} for mode, mean, ci, won in re.findall(pattern, out)}
 
 
 def append_row(path, columns, row):
