@@ -58,11 +58,14 @@ class Hyperparameters:
                                     "(none: --lr throughout)", lambda v: 0 < v < math.inf, "a positive number")
     late_decay_rate: float = hyperparameter(None, "RMSProp decay from the first time the running mean passes 0 "
                                             "(none: --decay-rate throughout)", lambda v: 0 <= v < 1, "in [0, 1)")
+    late_entropy: float = hyperparameter(None, "entropy bonus from the first time the running mean passes 0 "
+                                         "(none: --entropy throughout)", lambda v: 0 <= v < math.inf,
+                                         "a number >= 0", metavar="BETA")
     standardize: str = "batch"     # the returns: over the whole batch; "episode": each episode alone (2016)
 
 
 PRESETS = {"2016": {"lr": 1e-4, "decay_rate": 0.99, "standardize": "episode", "entropy": 0.0,   # the script's
-                    "late_lr": None, "late_decay_rate": None}}
+                    "late_lr": None, "late_decay_rate": None, "late_entropy": None}}
 EPSILON = 1e-5                     # RMSProp: avoids division by zero
 RUNNING_MEAN_DECAY = 0.99          # the running mean score: 0.99 * old + 0.01 * the episode's score
 UP, DOWN = 2, 3                    # Pong's minimal action set: RIGHT moves our paddle up, LEFT down
@@ -181,16 +184,16 @@ def policy_backward(model, hs, xs, dlogits):
     return {"W1": dW1, "W2": dW2}
 
 
-def batch_gradient_plain(model, episodes, hyper):
-    """The gradient of J over a batch of PlainEpisodes played with model: the advantages of the whole
-    batch first, then the backward pass one episode at a time into a gradient buffer, as the 2016
-    script does (so that only one episode's x is ever held as floats)."""
+def batch_gradient_plain(model, episodes, hyper, entropy):
+    """The gradient of J over a batch of PlainEpisodes played with model, entropy the bonus's weight
+    beta: the advantages of the whole batch first, then the backward pass one episode at a time into a
+    gradient buffer, as the 2016 script does (so that only one episode's x is ever held as floats)."""
     grad_buffer = {k: np.zeros_like(v) for k, v in model.items()}
     advantages = batch_advantages(episodes, hyper.gamma, hyper.standardize == "episode")
     for episode, A in zip(episodes, advantages, strict=True):
         dlogits = A * episode.dlogps                      # modulate the gradient with the advantage
-        if hyper.entropy:
-            dlogits = dlogits + hyper.entropy * entropy_gradient(episode.hs @ model["W2"])   # the entropy bonus
+        if entropy:
+            dlogits = dlogits + entropy * entropy_gradient(episode.hs @ model["W2"])   # the entropy bonus
         grad = policy_backward(model, episode.hs, episode.xs.astype(model["W1"].dtype), dlogits)
         for k in model:
             grad_buffer[k] += grad[k]                     # accumulate over the batch
@@ -225,6 +228,11 @@ def decay_rate(hyper, late=False):
     return hyper.late_decay_rate if late and hyper.late_decay_rate is not None else hyper.decay_rate
 
 
+def entropy_weight(hyper, late=False):
+    """The entropy bonus's weight beta: entropy (late_entropy where set, once the running mean has passed 0)."""
+    return hyper.late_entropy if late and hyper.late_entropy is not None else hyper.entropy
+
+
 def ensure_finite(what, *parts):
     """A number that is not finite stops training before it spreads (the run ends without saving)."""
     if not all(np.all(np.isfinite(a)) for part in parts for a in (part.values() if isinstance(part, dict) else [part])):
@@ -253,7 +261,7 @@ def train_plain(run):
 
         # -- every batch_size episodes: the batch's gradient, one RMSProp step
         if len(episodes) >= hyper.batch_size:
-            grad = batch_gradient_plain(model, episodes, hyper)
+            grad = batch_gradient_plain(model, episodes, hyper, run.entropy())
             ensure_finite("the gradient", grad)
             rmsprop_step(model, cache, grad, run.learning_rate(), run.decay_rate())
             ensure_finite("the weights or the RMSProp cache", model, cache)

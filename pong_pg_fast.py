@@ -206,6 +206,11 @@ def play_for_batch(env, weights, rng, greedy=False, *, gamma, per_episode, entro
     return episode_sums(weights, play_episode(env, weights, rng, greedy), gamma, per_episode, entropy)
 
 
+def with_entropy_sums(hyper):
+    """Whether the episodes sum the entropy bonus's gradient: a bonus is set, from the start or late."""
+    return hyper.entropy > 0 or bool(hyper.late_entropy)
+
+
 class BatchGradient:
     """The batch's gradient, without keeping the batch: each episode's sums are added when they
     arrive, then dropped.
@@ -217,13 +222,13 @@ class BatchGradient:
     in float32 like the weights and the episodes' sums they add up (half the memory traffic of float64).
 
     per_episode (the 2016 script's way, --preset 2016): each episode's returns are standardized on
-    their own, so its R is already A and the first sums are the gradient. entropy: the weight of the
-    entropy bonus, whose sum_t dH_t the episodes add as a third sum."""
+    their own, so its R is already A and the first sums are the gradient. entropy_sums: the episodes
+    add the entropy bonus's sum_t dH_t as a third sum (weighted by beta in gradient())."""
 
-    def __init__(self, hidden, per_episode=False, entropy=0.0):
-        self.per_episode, self.entropy = per_episode, entropy
-        self.sums_W1T = np.zeros((D, (2 + (entropy > 0)) * hidden), np.float32)
-        self.sums_W2 = np.zeros((2 + (entropy > 0), hidden))
+    def __init__(self, hidden, per_episode=False, entropy_sums=False):
+        self.per_episode, self.entropy_sums = per_episode, entropy_sums
+        self.sums_W1T = np.zeros((D, (2 + entropy_sums) * hidden), np.float32)
+        self.sums_W2 = np.zeros((2 + entropy_sums, hidden))
         self.touched = np.zeros(D, bool)                 # the pixels whose sums may be nonzero
         self.reset()
 
@@ -248,15 +253,15 @@ class BatchGradient:
 
     def add_episode(self, weights, episode, gamma):
         """Add an episode played with weights = play_weights() (its sums computed here)."""
-        self.add(episode_sums(weights, episode, gamma, self.per_episode, self.entropy > 0))
+        self.add(episode_sums(weights, episode, gamma, self.per_episode, self.entropy_sums))
 
     def pixels(self):
         """The pixels the batch's frames touched, sorted: W1's gradient is zero in the other columns."""
         return self.touched.nonzero()[0]
 
-    def gradient(self, pixels=slice(None)):
-        """{"W1", "W2"}: sum_t A_t g_t (+ entropy * sum_t dH_t) over the batch; "W1" only for the
-        columns of these pixels."""
+    def gradient(self, pixels=slice(None), entropy=0.0):
+        """{"W1", "W2"}: sum_t A_t g_t (+ entropy * sum_t dH_t, entropy the bonus's weight beta) over
+        the batch; "W1" only for the columns of these pixels."""
         H = self.sums_W2.shape[1]
         sums = self.sums_W1T[pixels]
         if self.per_episode:
@@ -267,9 +272,9 @@ class BatchGradient:
             W1T = sums[:, :H] - mean * sums[:, H:2 * H]
             W1T /= std
             W2 = (self.sums_W2[0] - mean * self.sums_W2[1]) / std
-        if self.entropy:
-            W1T += self.entropy * sums[:, 2 * H:]                      # the entropy bonus
-            W2 = W2 + self.entropy * self.sums_W2[2]
+        if entropy:
+            W1T += entropy * sums[:, 2 * H:]                           # the entropy bonus
+            W2 = W2 + entropy * self.sums_W2[2]
         return {"W1": W1T.T, "W2": W2}
 
     def state(self):
@@ -278,8 +283,7 @@ class BatchGradient:
         pixels = self.pixels()
         return {"pixels": pixels.astype(np.int16), "sums_W1T": self.sums_W1T[pixels],
                 "sums_W2": self.sums_W2.copy(), "sum_R": self.sum_R, "sum_R2": self.sum_R2,
-                "steps": self.steps, "episodes": self.episodes, "per_episode": self.per_episode,
-                "entropy": self.entropy}
+                "steps": self.steps, "episodes": self.episodes, "per_episode": self.per_episode}
 
     @classmethod
     def resumed(cls, kept, hyper):
@@ -287,10 +291,11 @@ class BatchGradient:
         empty one for None; where it was summed with other settings, an empty one and a note (its
         episodes are in the log: at most batch_size - 1 episodes of learning are lost)."""
         per_episode = hyper.standardize == "episode"
-        batch = cls(hyper.hidden, per_episode, hyper.entropy)
+        batch = cls(hyper.hidden, per_episode, with_entropy_sums(hyper))
         if kept is None:
             return batch
-        if (bool(kept.get("per_episode", False)), float(kept.get("entropy", 0.0))) != (per_episode, hyper.entropy):
+        kept_entropy_sums = np.shape(kept["sums_W2"])[0] == 3
+        if (bool(kept.get("per_episode", False)), kept_entropy_sums) != (per_episode, batch.entropy_sums):
             print("note: the unfinished batch was summed with other settings (returns standardized per batch or "
                   "per episode, the entropy bonus): it is dropped")
             return batch
@@ -329,15 +334,15 @@ def rmsprop_rows(W, cache, g, lr, decay):
     W += step                                    # W += lr g / (sqrt(cache) + eps), in place
 
 
-def update(model, cache, batch, lr, decay):
-    """pong_pg.rmsprop_step(model, cache, batch.gradient(), lr, decay), the same numbers bit for bit,
+def update(model, cache, batch, lr, decay, entropy=0.0):
+    """pong_pg.rmsprop_step(model, cache, batch.gradient(entropy=entropy), lr, decay), bit for bit,
     done where it does something. In the column of a pixel that no frame of the batch touched, W1's
     gradient is zero, so the step there only decays the cache (cache*decay + 0, the weights + 0): all
     of the cache is decayed at once, then the touched pixels' columns take the rest of the step, a
     block of UPDATE_BLOCK at a time (a block's gradient, cache and weights stay in the CPU's cache
     through the formula's steps; with W1 pixel_major() a column is a contiguous row)."""
     pixels = batch.pixels()
-    grad_W2 = batch.gradient(pixels[:0])["W2"]
+    grad_W2 = batch.gradient(pixels[:0], entropy)["W2"]
     ensure_finite("the gradient", grad_W2)
     cache["W2"] *= decay
     rmsprop_rows(model["W2"], cache["W2"], grad_W2, lr, decay)
@@ -345,7 +350,7 @@ def update(model, cache, batch, lr, decay):
     cache_W1T *= decay                                         # cache = decay * cache, in every column
     for a in range(0, len(pixels), UPDATE_BLOCK):
         rows = pixels[a:a + UPDATE_BLOCK]
-        grad = batch.gradient(rows)["W1"].T                    # the block's columns of W1's gradient, as rows
+        grad = batch.gradient(rows, entropy)["W1"].T                    # the block's columns of W1's gradient, as rows
         ensure_finite("the gradient", grad)
         W, cache_W = W1T[rows], cache_W1T[rows]                # (copies)
         rmsprop_rows(W, cache_W, grad, lr, decay)              # + (1-decay) g^2, and the step
@@ -416,7 +421,7 @@ def train(run, workers, render=False):
     batch = BatchGradient.resumed(run.unfinished_batch("fast"), hyper)
     history = WeightsHistory(run.updates, model)
     play = functools.partial(play_for_batch, gamma=hyper.gamma, per_episode=hyper.standardize == "episode",
-                             entropy=hyper.entropy > 0)
+                             entropy=with_entropy_sums(hyper))
     run.begin(f"with {workers} worker(s)")
     with WorkerPool(workers, play, run.seed, run.next_task, render_first=render) as pool:
         try:
@@ -440,7 +445,7 @@ def train(run, workers, render=False):
 
                 # -- every batch_size episodes: one RMSProp step; the new weights go out before the save
                 if batch.episodes >= hyper.batch_size:     # (>=: --batch-size may shrink on resume)
-                    update(model, cache, batch, run.learning_rate(), run.decay_rate())
+                    update(model, cache, batch, run.learning_rate(), run.decay_rate(), run.entropy())
                     hand_out(pool, worker, run, history.after_update(model, batch.touched))
                     run.update_done(batch.steps, batch.episodes, lag)   # count, print, save when due
                     batch.reset()

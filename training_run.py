@@ -17,7 +17,7 @@ import numpy as np
 import checkpoint
 import watch
 from checkpoint import CheckpointError
-from pong_pg import RUNNING_MEAN_DECAY, Hyperparameters, decay_rate, init_model, learning_rate
+from pong_pg import RUNNING_MEAN_DECAY, Hyperparameters, decay_rate, entropy_weight, init_model, learning_rate
 from preprocess import D
 from stopping import Stop
 
@@ -78,6 +78,7 @@ class TrainingState:
             hyper.setdefault("entropy", 0.0)             # and from before the entropy bonus
             hyper.setdefault("late_lr", None)            # and from before the late settings
             hyper.setdefault("late_decay_rate", None)
+            hyper.setdefault("late_entropy", None)
             fields = {k: saved[k] for k in ("model", "cache", "episode", "total_steps", "updates", "next_task",
                                             "running_mean", "wall_seconds")}
             state = cls(Hyperparameters(**{f.name: hyper[f.name] for f in dataclasses.fields(Hyperparameters)}),
@@ -254,6 +255,9 @@ class Run:
     def decay_rate(self):
         return decay_rate(self.hyper, self.state.late_from is not None)
 
+    def entropy(self):
+        return entropy_weight(self.hyper, self.state.late_from is not None)
+
     def stopped(self):
         """Whether a stop signal has arrived (Ctrl-C, SIGTERM, SIGHUP: the loops check between episodes)."""
         return Stop.arrived()
@@ -283,6 +287,8 @@ class Run:
             late.append(f"lr {h.late_lr}")
         if h.late_decay_rate is not None:
             late.append(f"decay {h.late_decay_rate}")
+        if h.late_entropy is not None:
+            late.append(f"entropy bonus {h.late_entropy}")
         if not late:
             return ""
         when = (f"since update {self.state.late_from + 1}" if self.state.late_from is not None

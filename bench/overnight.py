@@ -220,26 +220,32 @@ def report(args):
     print("wrote bench/overnight.png")
 
 
+def in_effect(state, name):
+    """A checkpoint's hyperparameter `name` (lr, decay_rate, entropy) as its next update uses it: the
+    late setting where one is set and the running mean has passed 0."""
+    hyper = state["hyper"]
+    late = hyper.get(f"late_{name}") if state.get("late_from") is not None else None
+    return hyper.get(name, 0.0) if late is None else late
+
+
 def bonus_weight(state, games=2):
     """How much the entropy bonus weighs in the gradient at this snapshot: over `games` games of its own
     (a batch), |beta * sum_t dH_t| against |sum_t A_t g_t| for W2 and for W1 (the ratio of their
     norms). The first grows with the steps of a batch; the second, A_t standardized, more slowly: as
     games lengthen the bonus weighs more."""
-    from pong_pg import Hyperparameters
     from pong_pg_fast import BatchGradient, play_episode, play_weights
     from workers import make_env, task_rng
-    hyper = state["hyper"]
-    beta = hyper.get("entropy", 0.0)
+    hyper, beta = state["hyper"], in_effect(state, "entropy")
     if not beta:
         return {"bonus_w2": 0.0, "bonus_w1": 0.0}
     weights = play_weights(state["model"])
-    batch = BatchGradient.resumed(None, Hyperparameters(hidden=hyper["hidden"], entropy=beta))
+    batch = BatchGradient(hyper["hidden"], entropy_sums=True)
     env = make_env()
     env.reset(seed=0)
     for g in range(games):
         batch.add_episode(weights, play_episode(env, weights, task_rng(0, g)), hyper["gamma"])
     env.close()
-    with_bonus, H = batch.gradient(), batch.sums_W2.shape[1]
+    with_bonus, H = batch.gradient(entropy=beta), batch.sums_W2.shape[1]
     bonus_W2, bonus_W1T = beta * batch.sums_W2[2], beta * batch.sums_W1T[:, 2 * H:]
     return {"bonus_w2": float(np.linalg.norm(bonus_W2) / np.linalg.norm(with_bonus["W2"] - bonus_W2)),
             "bonus_w1": float(np.linalg.norm(bonus_W1T) / np.linalg.norm(with_bonus["W1"].T - bonus_W1T))}
@@ -260,9 +266,7 @@ def diagnose(args):
         previous = None
         for _, path in marks:
             state = checkpoint.load(os.path.join(run_dir, path))
-            late = state.get("late_from") is not None and state["hyper"].get("late_lr")
-            lr = state["hyper"]["late_lr"] if late else state["hyper"]["lr"]
-            rows.append({"run": name, "mark": path[3:-4], **diagnose_snapshot(state, previous, lr),
+            rows.append({"run": name, "mark": path[3:-4], **diagnose_snapshot(state, previous, in_effect(state, "lr")),
                          **bonus_weight(state)})
             previous = state
             say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()))

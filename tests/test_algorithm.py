@@ -119,7 +119,7 @@ def test_the_entropy_bonus_matches_finite_differences_plain_and_sparse(episode):
     model = model64()
     model["W2"] *= 20
     advantages = standardize(discount_rewards(rewards, 0.99))
-    plain = batch_gradient_plain(model, [plain_episode(model, X, up, rewards)], hyper(entropy=0.5))
+    plain = batch_gradient_plain(model, [plain_episode(model, X, up, rewards)], hyper(), 0.5)
     check_against_finite_differences(model, plain, X, up, advantages, entropy=0.5)
     dW1, dW2 = sparse_backward(model["W1"], model["W2"], *frames, up, advantages[:, None], entropy=True)
     sparse = {"W1": dW1[0] + 0.5 * dW1[1], "W2": dW2[0] + 0.5 * dW2[1]}
@@ -190,15 +190,15 @@ def test_batch_gradient_equals_the_plain_batch_gradient(episode, entropy):
     m64 = {k: v.astype(np.float64) for k, v in model.items()}
     weights = play_weights(model)
     cuts = [0, 120, 250, len(up)]                     # three "episodes" of different lengths
-    batch, plain = BatchGradient(200, entropy=entropy), []
+    batch, plain = BatchGradient(200, entropy_sums=entropy > 0), []
     for a, b in zip(cuts[:-1], cuts[1:], strict=True):
         r = rewards[a:b].copy()
         r[-1] = r[-1] or 1.0                          # each episode ends on a point
         batch.add_episode(weights, SparseEpisode(indptr[a:b + 1] - indptr[a], idx[indptr[a]:indptr[b]],
                                            vals[indptr[a]:indptr[b]], up[a:b], r), 0.99)
         plain.append(plain_episode(m64, X[a:b], up[a:b], r))
-    ref = batch_gradient_plain(m64, plain, hyper(entropy=entropy))
-    grad = batch.gradient()
+    ref = batch_gradient_plain(m64, plain, hyper(), entropy)
+    grad = batch.gradient(entropy=entropy)
     assert batch.episodes == 3 and batch.steps == len(up)
     np.testing.assert_allclose(grad["W1"], ref["W1"], atol=1e-5 * np.abs(ref["W1"]).max())
     np.testing.assert_allclose(grad["W2"], ref["W2"], atol=1e-5 * np.abs(ref["W2"]).max())
@@ -219,21 +219,21 @@ def test_rmsprop_step_matches_formula():
         assert model[k].dtype == np.float32
 
 
-@pytest.mark.parametrize("per_episode", [False, True])
+@pytest.mark.parametrize("per_episode, entropy", [(False, 0.0), (True, 0.0), (False, 0.05)])
 @pytest.mark.parametrize("layout", [np.copy, pixel_major])
-def test_update_in_blocks_is_one_rmsprop_step_on_the_whole_gradient(episode, per_episode, layout):
+def test_update_in_blocks_is_one_rmsprop_step_on_the_whole_gradient(episode, per_episode, entropy, layout):
     """update() steps W1 a block of pixels at a time: the same numbers, bit for bit, as rmsprop_step
-    on the batch's whole gradient; with W1 and its cache stored as the post has them or pixel by pixel
-    as the learner keeps them."""
+    on the batch's whole gradient (with the entropy bonus's weight it is handed); with W1 and its cache
+    stored as the post has them or pixel by pixel as the learner keeps them."""
     frames, X, up, rewards = episode
-    weights, batch = random_weights(4), BatchGradient(200, per_episode)
+    weights, batch = random_weights(4), BatchGradient(200, per_episode, entropy_sums=True)
     batch.add_episode(weights, SparseEpisode(*frames, up, rewards), 0.99)
     model = init_model(200, np.random.default_rng(8))
     cache = {k: np.random.default_rng(9).random(v.shape).astype(v.dtype) for k, v in model.items()}
     blocked = ({k: layout(v) for k, v in model.items()}, {k: layout(v) for k, v in cache.items()})
     assert blocked[0]["W1"].flags.f_contiguous == (layout is pixel_major)
-    rmsprop_step(model, cache, batch.gradient(), 1e-3, 0.9)
-    update(*blocked, batch, 1e-3, 0.9)
+    rmsprop_step(model, cache, batch.gradient(entropy=entropy), 1e-3, 0.9)
+    update(*blocked, batch, 1e-3, 0.9, entropy)
     for k in model:
         np.testing.assert_array_equal(blocked[0][k], model[k], err_msg=k)
         np.testing.assert_array_equal(blocked[1][k], cache[k], err_msg=k)
@@ -408,7 +408,7 @@ def test_per_episode_standardization_is_the_2016_formula(episode):
         hs = np.maximum(X[a:b] @ m64["W1"].T, 0)
         grad = policy_backward(m64, hs, X[a:b], discounted_epr * (up[a:b] - sigmoid(hs @ m64["W2"])))
         expected = {k: expected[k] + grad[k] for k in grad}
-    for got in (batch.gradient(), batch_gradient_plain(m64, plain, hyper(standardize="episode"))):
+    for got in (batch.gradient(), batch_gradient_plain(m64, plain, hyper(standardize="episode"), 0.0)):
         for k in ("W1", "W2"):
             np.testing.assert_allclose(got[k], expected[k], rtol=0, atol=1e-5 * np.abs(expected[k]).max())
-    assert not np.allclose(batch_gradient_plain(m64, plain, hyper())["W2"], expected["W2"])   # the switch matters
+    assert not np.allclose(batch_gradient_plain(m64, plain, hyper(), 0.0)["W2"], expected["W2"])   # the switch matters

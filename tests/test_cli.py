@@ -274,44 +274,53 @@ def test_an_older_checkpoint_resumes_without_the_entropy_bonus_and_a_changed_one
                 "--checkpoint-dir", tmp_path)
     assert first.returncode == 0, first.stderr
     state = saved(tmp_path)
-    del state["hyper"]["entropy"], state["batch"]["entropy"]
-    del state["hyper"]["late_lr"], state["hyper"]["late_decay_rate"], state["late_from"]   # from before them too
+    del state["hyper"]["entropy"]
+    del state["hyper"]["late_lr"], state["hyper"]["late_decay_rate"], state["hyper"]["late_entropy"]  # from before
+    del state["late_from"]                                                                             # them too
     checkpoint.save(tmp_path / "pong_pg.pkl", state)
     same = run("--resume", "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path)
     assert same.returncode == 0, same.stderr
     hyper = saved(tmp_path)["hyper"]
     assert "dropped" not in same.stdout and (hyper["entropy"], hyper["lr"]) == (0.0, 1e-3)
-    assert (hyper["late_lr"], hyper["late_decay_rate"], saved(tmp_path)["late_from"]) == (None, None, None)
+    assert (hyper["late_lr"], hyper["late_decay_rate"], hyper["late_entropy"], saved(tmp_path)["late_from"]) == \
+        (None, None, None, None)
     assert saved(tmp_path)["updates"] == 2                      # the kept episode and the new one: an update
     run("--resume", "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path)   # one episode waits again
     bonus = run("--resume", "--entropy", 0.05, "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path)
     assert bonus.returncode == 0, bonus.stderr
     assert bonus.stdout.count("summed with other settings") == 1 and "entropy bonus 0.05" in bonus.stdout
     state = saved(tmp_path)
-    assert (state["hyper"]["entropy"], state["batch"]["entropy"], state["batch"]["episodes"]) == (0.05, 0.05, 1)
+    assert (state["hyper"]["entropy"], state["batch"]["sums_W2"].shape[0], state["batch"]["episodes"]) == (0.05, 3, 1)
+    weaker = run("--resume", "--entropy", 0.01, "--episodes", 1, "--workers", 1, "--checkpoint-dir", tmp_path)
+    assert weaker.returncode == 0 and "summed with other settings" not in weaker.stdout   # the bonus's sums fit
+    assert (saved(tmp_path)["updates"], saved(tmp_path)["batch"]) == (state["updates"] + 1, None)
 
 
 def test_the_late_settings_change_nothing_until_the_running_mean_passes_0(tmp_path):
-    """--late-lr and --late-decay-rate, the running mean below 0 throughout: the same updates, bit for
+    """--late-lr, --late-decay-rate and --late-entropy, the running mean below 0 throughout: the same updates, bit for
     bit, as without them (one worker, the same seed); the checkpoint records them, --resume follows
     them, and --preset 2016 turns them off."""
     flags = ["--workers", 1, "--episodes", 3, "--batch-size", 1, "--seed", 9, "--quiet"]
     without = run(*flags, "--checkpoint-dir", tmp_path / "without")
-    late = run(*flags, "--late-lr", 1e-2, "--late-decay-rate", 0.99, "--checkpoint-dir", tmp_path / "with")
+    late = run(*flags, "--late-lr", 1e-2, "--late-decay-rate", 0.99, "--late-entropy", 0,
+               "--checkpoint-dir", tmp_path / "with")
     assert without.returncode == late.returncode == 0, (without.stderr, late.stderr)
-    assert "; once the running mean passes 0: lr 0.01, decay 0.99" in late.stdout and "once" not in without.stdout
+    assert "; once the running mean passes 0: lr 0.01, decay 0.99, entropy bonus 0.0" in late.stdout
+    assert "once" not in without.stdout
     a, b = saved(tmp_path / "without"), saved(tmp_path / "with")
     assert a["updates"] == b["updates"] == 3
     for part in ("model", "cache"):
         for k in ("W1", "W2"):
             np.testing.assert_array_equal(a[part][k], b[part][k])
-    assert (b["hyper"]["late_lr"], b["hyper"]["late_decay_rate"], b["late_from"]) == (1e-2, 0.99, None)
-    assert (a["hyper"]["late_lr"], a["hyper"]["late_decay_rate"]) == (None, None)
+    assert (b["hyper"]["late_lr"], b["hyper"]["late_decay_rate"], b["hyper"]["late_entropy"], b["late_from"]) == \
+        (1e-2, 0.99, 0.0, None)
+    assert (a["hyper"]["late_lr"], a["hyper"]["late_decay_rate"], a["hyper"]["late_entropy"]) == (None, None, None)
     resumed = run("--resume", "--episodes", 1, "--workers", 1, "--quiet", "--checkpoint-dir", tmp_path / "with")
-    assert resumed.returncode == 0 and "once the running mean passes 0: lr 0.01, decay 0.99" in resumed.stdout
+    assert resumed.returncode == 0 and "once the running mean passes 0: lr 0.01, decay 0.99, entropy bonus 0.0" \
+        in resumed.stdout
     off = run("--resume", "--preset", "2016", "--episodes", 1, "--workers", 1, "--quiet", "--checkpoint-dir",
               tmp_path / "with")
     assert off.returncode == 0 and "note: late_lr changes from 0.01 to None on resume" in off.stdout
     assert "once the running mean" not in off.stdout
-    assert (saved(tmp_path / "with")["hyper"]["late_lr"], saved(tmp_path / "with")["hyper"]["late_decay_rate"]) == \
-        (None, None)
+    hyper = saved(tmp_path / "with")["hyper"]
+    assert (hyper["late_lr"], hyper["late_decay_rate"], hyper["late_entropy"]) == (None, None, None)

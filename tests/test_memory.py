@@ -70,7 +70,7 @@ def test_the_plain_batch_gradient_holds_one_episodes_frames_as_floats_at_a_time(
         episodes.append(PlainEpisode(xs, hs, ys, ys - 0.5, rewards))
     one_episode_as_floats = steps * 6400 * 8
     tracemalloc.start()
-    batch_gradient_plain(model, episodes, Hyperparameters(entropy=0.0))
+    batch_gradient_plain(model, episodes, Hyperparameters(), 0.0)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert one_episode_as_floats < peak < 1.5 * one_episode_as_floats + 4 * model["W1"].nbytes, peak

@@ -142,10 +142,14 @@ def test_a_damaged_unfinished_plain_batch_is_refused_in_one_line(tmp_path):
                                          f"unfinished batch does not decode")
 
 
-def test_the_late_settings_apply_from_the_same_update_in_both_trainers(tmp_path):
-    """From the update after the running mean first passes 0, --late-lr and --late-decay-rate apply: a
-    run whose running mean is set above 0 switches after its next episode, in the plain and the fast
-    trainer alike (the same updates from there), and the switch changes the updates."""
+@pytest.mark.parametrize("early, late, says", [
+    ([], ["--late-lr", 0.01, "--late-decay-rate", 0.5, "--late-entropy", 0], "lr 0.01, decay 0.5, entropy bonus 0.0"),
+    (["--entropy", 0], ["--late-entropy", 0.5], "entropy bonus 0.5")])     # a bonus that starts late
+def test_the_late_settings_apply_from_the_same_update_in_both_trainers(tmp_path, early, late, says):
+    """From the update after the running mean first passes 0, --late-lr, --late-decay-rate and
+    --late-entropy apply: a run whose running mean is set above 0 switches after its next episode, in
+    the plain and the fast trainer alike (the same updates from there), and the switch changes the
+    updates."""
     first = run("--workers", 1, "--episodes", 2, "--batch-size", 2, "--seed", 5, "--quiet", "--checkpoint-dir",
                 tmp_path / "fast")
     assert first.returncode == 0, first.stderr
@@ -154,14 +158,13 @@ def test_the_late_settings_apply_from_the_same_update_in_both_trainers(tmp_path)
     checkpoint.save(tmp_path / "fast" / "pong_pg.pkl", state)
     for copy in ("plain", "not late"):
         shutil.copytree(tmp_path / "fast", tmp_path / copy)
-    flags = ["--resume", "--episodes", 4, "--quiet"]
-    late = ["--late-lr", 0.01, "--late-decay-rate", 0.5]
+    flags = ["--resume", "--episodes", 4, "--quiet", *early]
     plain = run("--plain", *flags, *late, "--checkpoint-dir", tmp_path / "plain")
     fast = run("--workers", 1, *flags, *late, "--checkpoint-dir", tmp_path / "fast")
     not_late = run("--workers", 1, *flags, "--checkpoint-dir", tmp_path / "not late")
     assert plain.returncode == fast.returncode == not_late.returncode == 0, (plain.stderr, fast.stderr)
     for result in (plain, fast):
-        assert "the running mean passed 0 at episode 3; since update 2: lr 0.01, decay 0.5" in result.stdout
+        assert f"the running mean passed 0 at episode 3; since update 2: {says}" in result.stdout
     assert_same_training(tmp_path / "plain", tmp_path / "fast", state["model"])
     assert (saved(tmp_path / "fast")["late_from"], saved(tmp_path / "fast")["updates"]) == (1, 3)
     assert saved(tmp_path / "not late")["late_from"] == 1                 # the switch is recorded regardless
