@@ -32,6 +32,7 @@ import numpy as np
 from segments import append_row, evaluation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED_SAMPLED = 15.66     # checkpoints/pretrained.pkl, --eval 100, the sampled policy (README "What to expect")
 KEEP = os.path.join(ROOT, "bench", "overnight")
 EVAL_COLUMNS = ["name", "seed", "mark", "agent_steps", "episode", "running_mean", "sampled_mean", "sampled_ci",
                 "sampled_won", "greedy_mean", "greedy_ci", "greedy_won"]
@@ -210,6 +211,8 @@ def report(args):
         ax.plot([int(r["agent_steps"]) / 1e6 for r in marks], [float(r["sampled_mean"]) for r in marks],
                 "o" if style["ls"] == "-" else "s", color=style["color"], ms=4)
     ax.plot([], [], "o", color="0.4", ms=4, label="--eval 30, sampled policy (squares: candidates)")
+    ax.axhline(SHIPPED_SAMPLED, color="k", lw=0.8, ls=":",
+               label=f"the shipped agent, --eval 100 sampled: {SHIPPED_SAMPLED:+.2f}")
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xlabel("agent steps (millions)")
     ax.set_ylabel("score (points won − points lost)")
@@ -258,8 +261,15 @@ def diagnose(args):
     from beat_the_ai import diagnose_snapshot
 
     import checkpoint
+    from pong_pg import Hyperparameters
     rows = []
     for name in args.runs:
+        if name.endswith(".pkl"):                      # an agent file (the shipped agent): its network alone
+            state = checkpoint.load(name)
+            rows.append({"run": name, "mark": "", **diagnose_snapshot(dict(state, updates=0), None, None),
+                         **bonus_weight(dict(state, hyper=dict(state["hyper"], entropy=Hyperparameters().entropy)))})
+            say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()))
+            continue
         run_dir = os.path.join(os.path.expanduser(args.runs_dir), name)
         marks = sorted((kept_steps(run_dir, f[3:-4]), f) for f in os.listdir(run_dir)
                        if re.fullmatch(r"at-(\d+M|zero)\.pkl", f))
@@ -300,7 +310,8 @@ def main():
     rep = sub.add_parser("report", help="the table of evaluations and bench/overnight.png")
     rep.add_argument("--keep", default=KEEP)
     diag = sub.add_parser("diagnose", help="what the kept checkpoints' networks do: keep/diagnosis.csv")
-    diag.add_argument("runs", nargs="+", help="NAME-sSEED, e.g. defaults-s40")
+    diag.add_argument("runs", nargs="+", help="NAME-sSEED, e.g. defaults-s40; or an agent file, e.g. "
+                      "checkpoints/pretrained.pkl (its bonus weighed at the defaults' beta)")
     diag.add_argument("--runs-dir", default=os.path.join("~", "runs", "overnight"))
     diag.add_argument("--keep", default=KEEP)
     args = ap.parse_args()
