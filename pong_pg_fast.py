@@ -350,7 +350,7 @@ def update(model, cache, batch, lr, decay, entropy=0.0):
     cache_W1T *= decay                                         # cache = decay * cache, in every column
     for a in range(0, len(pixels), UPDATE_BLOCK):
         rows = pixels[a:a + UPDATE_BLOCK]
-        grad = batch.gradient(rows, entropy)["W1"].T                    # the block's columns of W1's gradient, as rows
+        grad = batch.gradient(rows, entropy)["W1"].T           # the block's columns of W1's gradient, as rows
         ensure_finite("the gradient", grad)
         W, cache_W = W1T[rows], cache_W1T[rows]                # (copies)
         rmsprop_rows(W, cache_W, grad, lr, decay)              # + (1-decay) g^2, and the step

@@ -270,8 +270,8 @@ def diagnose_snapshot(state, previous, lr, games=2):
         moved = state["model"]["W1"] != previous["model"]["W1"]
         row["w1_step"] = np.abs(state["model"]["W1"] - previous["model"]["W1"])[moved].mean() / updates
         row["w2_step"] = np.abs(state["model"]["W2"] - previous["model"]["W2"]).mean() / updates
-    cache = state["cache"]["W1"][state["cache"]["W1"] > 0] if state.get("cache") else np.empty(0)  # (an agent
-    row["rmsprop_scale"] = float(np.median(lr / (np.sqrt(cache) + 1e-5))) if cache.size else None     # file: none)
+    cache = state["cache"]["W1"][state["cache"]["W1"] > 0] if "cache" in state else np.empty(0)   # agent files
+    row["rmsprop_scale"] = float(np.median(lr / (np.sqrt(cache) + 1e-5))) if cache.size else None  # have none
     return row
 
 

@@ -223,22 +223,14 @@ def report(args):
     print("wrote bench/overnight.png")
 
 
-def in_effect(state, name):
-    """A checkpoint's hyperparameter `name` (lr, decay_rate, entropy) as its next update uses it: the
-    late setting where one is set and the running mean has passed 0."""
-    hyper = state["hyper"]
-    late = hyper.get(f"late_{name}") if state.get("late_from") is not None else None
-    return hyper.get(name, 0.0) if late is None else late
-
-
-def bonus_weight(state, games=2):
-    """How much the entropy bonus weighs in the gradient at this snapshot: over `games` games of its own
-    (a batch), |beta * sum_t dH_t| against |sum_t A_t g_t| for W2 and for W1 (the ratio of their
-    norms). The first grows with the steps of a batch; the second, A_t standardized, more slowly: as
+def bonus_weight(state, beta, games=2):
+    """How much an entropy bonus of weight beta weighs in the gradient at this snapshot: over `games`
+    games of its own (a batch), |beta * sum_t dH_t| against |sum_t A_t g_t| for W2 and for W1 (the
+    ratio of their norms). The first grows with the steps of a batch; the second, A_t standardized, more slowly: as
     games lengthen the bonus weighs more."""
     from pong_pg_fast import BatchGradient, play_episode, play_weights
     from workers import make_env, task_rng
-    hyper, beta = state["hyper"], in_effect(state, "entropy")
+    hyper = state["hyper"]
     if not beta:
         return {"bonus_w2": 0.0, "bonus_w1": 0.0}
     weights = play_weights(state["model"])
@@ -261,23 +253,29 @@ def diagnose(args):
     from beat_the_ai import diagnose_snapshot
 
     import checkpoint
-    from pong_pg import Hyperparameters
+    from pong_pg import Hyperparameters, entropy_weight, learning_rate
+    from training_run import TrainingState
     rows = []
     for name in args.runs:
-        if name.endswith(".pkl"):                      # an agent file (the shipped agent): its network alone
-            state = checkpoint.load(name)
-            rows.append({"run": name, "mark": "", **diagnose_snapshot(dict(state, updates=0), None, None),
-                         **bonus_weight(dict(state, hyper=dict(state["hyper"], entropy=Hyperparameters().entropy)))})
-            say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()))
-            continue
-        run_dir = os.path.join(os.path.expanduser(args.runs_dir), name)
-        marks = sorted((kept_steps(run_dir, f[3:-4]), f) for f in os.listdir(run_dir)
-                       if re.fullmatch(r"at-(\d+M|zero)\.pkl", f))
+        if name.endswith(".pkl"):          # an agent file (the shipped agent): its network, no RMSProp cache
+            snapshots = [("", name)]
+        else:
+            run_dir = os.path.join(os.path.expanduser(args.runs_dir), name)
+            snapshots = [(path[3:-4], os.path.join(run_dir, path)) for _, path in
+                         sorted((kept_steps(run_dir, f[3:-4]), f) for f in os.listdir(run_dir)
+                                if re.fullmatch(r"at-(\d+M|zero)\.pkl", f))]
         previous = None
-        for _, path in marks:
-            state = checkpoint.load(os.path.join(run_dir, path))
-            rows.append({"run": name, "mark": path[3:-4], **diagnose_snapshot(state, previous, in_effect(state, "lr")),
-                         **bonus_weight(state)})
+        for mark, path in snapshots:
+            state = checkpoint.load(path)
+            if "cache" in state:           # a checkpoint: lr and the bonus as its next update uses them
+                run = TrainingState.from_checkpoint(state, path)
+                late = run.late_from is not None
+                lr = learning_rate(run.hyper, run.updates, run.warmup_from, late)
+                beta = entropy_weight(run.hyper, late)
+            else:                          # the bonus weighed at the defaults' beta
+                lr, beta = None, Hyperparameters().entropy
+            rows.append({"run": name, "mark": mark, **diagnose_snapshot(state, previous, lr),
+                         **bonus_weight(state, beta)})
             previous = state
             say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()))
     path = os.path.join(args.keep, "diagnosis.csv")
