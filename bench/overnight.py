@@ -185,6 +185,9 @@ def run(args):
             f.result()
 
 
+MARKERS = [("o", "dots"), ("s", "squares"), ("^", "triangles"), ("D", "diamonds")]   # a seed's evaluations
+
+
 def report(args):
     rows = read_evals(args.keep)
     print("| setting | seed | mark | agent steps | running mean | --eval 30 sampled | greedy |")
@@ -200,17 +203,20 @@ def report(args):
     logs = sorted(f for f in os.listdir(args.keep) if re.fullmatch(r".+-s\d+\.csv", f))       # the runs' logs
     settings = sorted({name[:-4].rsplit("-s", 1)[0] for name in logs}, key=lambda n: n != "defaults")
     seeds = sorted({name[:-4].rsplit("-s", 1)[1] for name in logs})
-    for name in logs:                         # a colour a seed, a line style a setting (the defaults solid)
+    for name in logs:                         # a colour a setting (the defaults blue), a line style a seed
         setting, seed = name[:-4].rsplit("-s", 1)
-        style = dict(color=f"C{seeds.index(seed)}", ls=["-", "--", ":", "-."][settings.index(setting) % 4])
+        style = dict(color=f"C{settings.index(setting) % 10}", ls=["-", "--", ":", "-."][seeds.index(seed) % 4])
         with open(os.path.join(args.keep, name), newline="") as f:
             log = list(csv.DictReader(f))
+        if setting != "defaults":             # a candidate is the defaults' run up to its branch point
+            log = log[next((i for i, r in enumerate(log) if float(r["running_mean"]) > 0), 0):]
         ax.plot([int(r["total_steps"]) / 1e6 for r in log], [float(r["running_mean"]) for r in log], lw=1,
                 label=f"{setting}, seed {seed}: running mean", **style)
         marks = [r for r in rows if r["name"] == setting and r["seed"] == seed]
         ax.plot([int(r["agent_steps"]) / 1e6 for r in marks], [float(r["sampled_mean"]) for r in marks],
-                "o" if style["ls"] == "-" else "s", color=style["color"], ms=4)
-    ax.plot([], [], "o", color="0.4", ms=4, label="--eval 30, sampled policy (squares: candidates)")
+                MARKERS[seeds.index(seed) % 4][0], color=style["color"], ms=4)
+    ax.plot([], [], "o", color="0.4", ms=4, label="--eval 30, sampled policy (" + "; ".join(
+        f"{MARKERS[i % 4][1]}: seed {seed}" for i, seed in enumerate(seeds)) + ")")
     ax.axhline(SHIPPED_SAMPLED, color="k", lw=0.8, ls=":",
                label=f"the shipped agent, --eval 100 sampled: {SHIPPED_SAMPLED:+.2f}")
     ax.axhline(0, color="0.5", lw=0.8)
