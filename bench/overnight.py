@@ -201,7 +201,7 @@ def report(args):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
     logs = sorted(f for f in os.listdir(args.keep) if re.fullmatch(r".+-s\d+\.csv", f))       # the runs' logs
-    settings = sorted({name[:-4].rsplit("-s", 1)[0] for name in logs}, key=lambda n: n != "defaults")
+    settings = sorted({name[:-4].rsplit("-s", 1)[0] for name in logs}, key=lambda n: (n != "defaults", n))
     seeds = sorted({name[:-4].rsplit("-s", 1)[1] for name in logs})
     for name in logs:                         # a colour a setting (the defaults blue), a line style a seed
         setting, seed = name[:-4].rsplit("-s", 1)
