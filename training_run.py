@@ -56,6 +56,16 @@ class TrainingState:
         model = init_model(hyper.hidden, np.random.default_rng(seed))
         return cls(hyper, seed, model, {k: np.zeros_like(v) for k, v in model.items()})
 
+    # -- the settings the next update uses (the late ones once the running mean has passed 0)
+    def learning_rate(self):
+        return learning_rate(self.hyper, self.updates, self.warmup_from, self.late_from is not None)
+
+    def decay_rate(self):
+        return decay_rate(self.hyper, self.late_from is not None)
+
+    def entropy(self):
+        return entropy_weight(self.hyper, self.late_from is not None)
+
     def to_checkpoint(self):
         saved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         saved["hyper"] = dict(dataclasses.asdict(self.hyper), seed=saved.pop("seed"))
@@ -250,13 +260,13 @@ class Run:
         return kept
 
     def learning_rate(self):
-        return learning_rate(self.hyper, self.state.updates, self.state.warmup_from, self.state.late_from is not None)
+        return self.state.learning_rate()
 
     def decay_rate(self):
-        return decay_rate(self.hyper, self.state.late_from is not None)
+        return self.state.decay_rate()
 
     def entropy(self):
-        return entropy_weight(self.hyper, self.state.late_from is not None)
+        return self.state.entropy()
 
     def stopped(self):
         """Whether a stop signal has arrived (Ctrl-C, SIGTERM, SIGHUP: the loops check between episodes)."""

@@ -200,11 +200,11 @@ def report(args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    logs = sorted(f for f in os.listdir(args.keep) if re.fullmatch(r".+-s\d+\.csv", f))       # the runs' logs
-    settings = sorted({name[:-4].rsplit("-s", 1)[0] for name in logs}, key=lambda n: (n != "defaults", n))
-    seeds = sorted({name[:-4].rsplit("-s", 1)[1] for name in logs})
-    for name in logs:                         # a colour a setting (the defaults blue), a line style a seed
-        setting, seed = name[:-4].rsplit("-s", 1)
+    logs = sorted((f, *f[:-4].rsplit("-s", 1)) for f in os.listdir(args.keep)     # the runs' logs:
+                  if re.fullmatch(r".+-s\d+\.csv", f))                                 # (file, setting, seed)
+    settings = sorted({setting for _, setting, _ in logs}, key=lambda n: (n != "defaults", n))
+    seeds = sorted({seed for _, _, seed in logs})
+    for name, setting, seed in logs:          # a colour a setting (the defaults blue), a line style a seed
         style = dict(color=f"C{settings.index(setting) % 10}", ls=["-", "--", ":", "-."][seeds.index(seed) % 4])
         with open(os.path.join(args.keep, name), newline="") as f:
             log = list(csv.DictReader(f))
@@ -232,8 +232,8 @@ def report(args):
 def bonus_weight(state, beta, games=2):
     """How much an entropy bonus of weight beta weighs in the gradient at this snapshot: over `games`
     games of its own (a batch), |beta * sum_t dH_t| against |sum_t A_t g_t| for W2 and for W1 (the
-    ratio of their norms). The first grows with the steps of a batch; the second, A_t standardized, more slowly: as
-    games lengthen the bonus weighs more."""
+    ratio of their norms). The first grows with the steps of a batch; the second, A_t standardized,
+    more slowly: as games lengthen the bonus weighs more."""
     from pong_pg_fast import BatchGradient, play_episode, play_weights
     from workers import make_env, task_rng
     hyper = state["hyper"]
@@ -259,7 +259,7 @@ def diagnose(args):
     from beat_the_ai import diagnose_snapshot
 
     import checkpoint
-    from pong_pg import Hyperparameters, entropy_weight, learning_rate
+    from pong_pg import Hyperparameters
     from training_run import TrainingState
     rows = []
     for name in args.runs:
@@ -275,9 +275,7 @@ def diagnose(args):
             state = checkpoint.load(path)
             if "cache" in state:           # a checkpoint: lr and the bonus as its next update uses them
                 run = TrainingState.from_checkpoint(state, path)
-                late = run.late_from is not None
-                lr = learning_rate(run.hyper, run.updates, run.warmup_from, late)
-                beta = entropy_weight(run.hyper, late)
+                lr, beta = run.learning_rate(), run.entropy()
             else:                          # the bonus weighed at the defaults' beta
                 lr, beta = None, Hyperparameters().entropy
             rows.append({"run": name, "mark": mark, **diagnose_snapshot(state, previous, lr),
