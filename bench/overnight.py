@@ -65,10 +65,7 @@ def mark_name(steps):
 
 def read_evals(keep=KEEP):
     path = os.path.join(keep, "evals.csv")
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv(path) if os.path.exists(path) else []
 
 
 def evaluate(name, seed, run_dir, mark, keep):
@@ -188,14 +185,33 @@ def run(args):
 MARKERS = [("o", "dots"), ("s", "squares"), ("^", "triangles"), ("D", "diamonds")]   # a seed's evaluations
 
 
+def signed(x, digits):
+    """+1.25, or −0.50 with a true minus sign, as bench/README.md's tables write scores."""
+    return f"{x:+.{digits}f}".replace("-", "−")
+
+
 def report(args):
     rows = read_evals(args.keep)
-    print("| setting | seed | mark | agent steps | running mean | --eval 30 sampled | greedy |")
-    print("|---|---:|---|---:|---:|---:|---:|")
-    for r in sorted(rows, key=lambda r: (r["name"], int(r["seed"]), int(r["agent_steps"]))):
-        print(f"| {r['name']} | {r['seed']} | {r['mark']} | {int(r['agent_steps']) / 1e6:.1f}M | "
-              f"{float(r['running_mean']):+.1f} | {float(r['sampled_mean']):+.2f} ± {r['sampled_ci']} | "
-              f"{float(r['greedy_mean']):+.2f} ± {r['greedy_ci']} |")
+    settings = sorted({r["name"] for r in rows if not args.settings or r["name"] in args.settings},
+                      key=lambda n: (n != "defaults", n))
+    runs = sorted({(r["name"], r["seed"]) for r in rows if r["name"] in settings},
+                  key=lambda run: (settings.index(run[0]), run[1]))
+    at = {(r["name"], r["seed"], r["mark"]): r for r in rows}
+    print("| agent steps | " + " | ".join(f"{name}, seed {seed}" for name, seed in runs) + " | "
+          + " | ".join(f"{name}: sampled, mean of the seeds" for name in settings) + " |")
+    print("|---" * (1 + len(runs) + len(settings)) + "|")
+    for mark in sorted({r["mark"] for r in rows}, key=lambda m: int(m[:-1])):   # a row a mark: 10M, 20M, ...
+        cells = []
+        for name, seed in runs:              # the running mean; --eval 30 sampled / greedy (± 95% interval)
+            r = at.get((name, seed, mark))
+            cells.append(f"{signed(float(r['running_mean']), 1)}; "
+                         f"{signed(float(r['sampled_mean']), 2)} ± {r['sampled_ci']} / "
+                         f"{signed(float(r['greedy_mean']), 2)} ± {r['greedy_ci']}" if r else "")
+        for name in settings:                # the mean once every seed of the setting has the mark
+            seeds = [seed for n, seed in runs if n == name]
+            sampled = [float(at[name, seed, mark]["sampled_mean"]) for seed in seeds if (name, seed, mark) in at]
+            cells.append(signed(sum(sampled) / len(sampled), 2) if len(sampled) == len(seeds) else "")
+        print(f"| {mark} | " + " | ".join(cells) + " |")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -310,6 +326,7 @@ def main():
     r.add_argument("--keep", default=KEEP, help="where the logs and evals are kept (default: bench/overnight)")
     r.add_argument("flags", nargs="*", help="the trainer's flags, after --")
     rep = sub.add_parser("report", help="the table of evaluations and bench/overnight.png")
+    rep.add_argument("--settings", nargs="+", metavar="NAME", help="the table's settings (default: all)")
     rep.add_argument("--keep", default=KEEP)
     diag = sub.add_parser("diagnose", help="what the kept checkpoints' networks do: keep/diagnosis.csv")
     diag.add_argument("runs", nargs="+", help="NAME-sSEED, e.g. defaults-s40; or an agent file, e.g. "
