@@ -215,12 +215,13 @@ def learning_rate(hyper, updates, warmup_from=None, late=False):
     has passed 0); but in the t-th update since an RMSProp cache started at zero under trained weights
     (--init-from an agent file), times sqrt(1 - decay^t). Such a cache holds only (1 - decay^t) of the
     mean g^2 it tracks, so its steps would be 1/sqrt(1 - decay^t) times too large, 10x at first with
-    decay 0.99, and jolt the trained agent; the factor cancels that (as Adam's bias correction does).
-    A run from random weights takes the 2016 script's steps."""
+    decay 0.99, and jolt the trained agent; the factor cancels that (as Adam's bias correction does),
+    with the decay in force (the late one once the running mean has passed 0, as a trained agent's first
+    game usually makes it). A run from random weights takes the 2016 script's steps."""
     lr = hyper.late_lr if late and hyper.late_lr is not None else hyper.lr
     if warmup_from is None:
         return lr
-    return lr * math.sqrt(1 - hyper.decay_rate ** (updates - warmup_from + 1))
+    return lr * math.sqrt(1 - decay_rate(hyper, late) ** (updates - warmup_from + 1))
 
 
 def decay_rate(hyper, late=False):

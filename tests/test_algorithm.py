@@ -328,18 +328,20 @@ def test_a_batch_after_reset_holds_only_its_own_episodes(episode):
 def test_warm_up_after_an_empty_cache_steps_lr_from_the_first_update():
     """learning_rate(): from an empty RMSProp cache, update t's cache holds (1 - decay^t) g^2 for a steady
     gradient g, so the plain lr steps lr / sqrt(1 - decay^t) (10 lr at first, with decay 0.99); the
-    warm-up's lr * sqrt(1 - decay^t) steps lr, as a full cache would, from update 1 on."""
+    warm-up's lr * sqrt(1 - decay^t) steps lr, as a full cache would, from update 1 on; with the late
+    settings in force (an agent file whose first game passes 0), their lr and decay."""
     lr, decay, g = 1e-3, 0.99, {"W2": np.array([0.5, -2.0, 0.2])}
-    for warm in (True, False):
-        model, cache = {"W2": np.zeros(3, np.float32)}, {"W2": np.zeros(3, np.float32)}
-        settings = hyper(lr=lr, decay_rate=decay)
-        for t in range(1, 301):
-            before = model["W2"].copy()
-            rmsprop_step(model, cache, g, learning_rate(settings, t - 1, 0 if warm else None), decay)
-            expected = lr * np.sign(g["W2"]) / (1 if warm else np.sqrt(1 - decay ** t))
-            np.testing.assert_allclose(model["W2"] - before, expected, rtol=2e-3)
+    for settings, late in ((hyper(lr=lr, decay_rate=decay), False),
+                           (hyper(lr=3e-3, decay_rate=0.9, late_lr=lr, late_decay_rate=decay), True)):
+        for warm in (True, False):
+            model, cache = {"W2": np.zeros(3, np.float32)}, {"W2": np.zeros(3, np.float32)}
+            for t in range(1, 301):
+                before = model["W2"].copy()
+                rmsprop_step(model, cache, g, learning_rate(settings, t - 1, 0 if warm else None, late), decay)
+                expected = lr * np.sign(g["W2"]) / (1 if warm else np.sqrt(1 - decay ** t))
+                np.testing.assert_allclose(model["W2"] - before, expected, rtol=2e-3)
     # a warm-up begun later counts its updates from there
-    assert learning_rate(settings, 300, 290) == pytest.approx(lr * np.sqrt(1 - decay ** 11))
+    assert learning_rate(settings, 300, 290, late) == pytest.approx(lr * np.sqrt(1 - decay ** 11))
 
 
 def test_update_changes_w1_only_in_the_columns_of_the_batchs_touched_pixels(episode):
